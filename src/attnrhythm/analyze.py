@@ -1,0 +1,359 @@
+"""One streaming forward pass per batch -> per-trace metrics, roles and credit.
+
+The pipeline: left-pad a batch of (prompt + response) token ids, run the decoder once with
+the ``attnrhythm`` attention implementation capturing the analysed layers, apply the LM head
+in chunks over the response only (entropy and token log-probs), then turn each sequence's
+reductions into METHOD.md's metrics, roles and gamma with the pure functions of
+:mod:`rhythm` and :mod:`credit`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from . import capture as cap
+from .credit import STRATEGIES, CreditConfig, gamma
+from .errors import AttnRhythmError
+from .rhythm import (
+    HeadClasses,
+    classify_heads,
+    delta,
+    entropy_from_logits,
+    fai,
+    find_roles,
+    head_distance,
+    parse_horizon,
+    parse_layers,
+    waad,
+)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class AnalysisConfig:
+    """Every parameter of METHOD.md, plus engineering knobs (tile size, chunking)."""
+
+    layers: str | list[int] = "mid5"
+    window: int = 10
+    fai_horizon: str | tuple[int, int | None] = (10, 50)
+    head_quantile: float = 0.3
+    heads: HeadClasses | None = None  # a fixed head set in analysed-layer positions (None: per sequence)
+    heads_layers: list[int] | None = None  # absolute layers of a fixed head set
+    credit: CreditConfig = field(default_factory=CreditConfig)
+    tile_size: int | None = None
+    logits_chunk: int = 256
+
+    def __post_init__(self) -> None:
+        self.fai_horizon = parse_horizon(self.fai_horizon)
+        if self.window < 1:
+            raise AttnRhythmError(f"bad --window {self.window}: the WAAD window must be >= 1")
+        if self.tile_size is not None and self.tile_size < 1:
+            raise AttnRhythmError(f"bad --tile-size {self.tile_size}: it must be >= 1")
+
+
+@dataclass
+class TraceInput:
+    """One sequence: token ids of prompt + response and the index of the first response token."""
+
+    input_ids: list[int]
+    response_start: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, max_len: int | None) -> None:
+        n_resp = len(self.input_ids) - self.response_start
+        if n_resp <= 0:
+            raise AttnRhythmError("the response is empty: give a response with at least 2 tokens")
+        if n_resp == 1:
+            raise AttnRhythmError("the response has 1 token: attnrhythm needs at least 2 response tokens")
+        if self.response_start < 1:
+            raise AttnRhythmError(
+                "the prompt is empty: the first response token needs a preceding token (give a prompt "
+                "or use a tokenizer that adds a BOS token)"
+            )
+        if max_len is not None and len(self.input_ids) > max_len:
+            raise AttnRhythmError(
+                f"prompt+response has {len(self.input_ids)} tokens, more than the model's context of "
+                f"{max_len}: shorten the input or use a model with a longer context"
+            )
+
+
+def load_heads_file(path: str | Path) -> tuple[list[int], HeadClasses]:
+    """Read a fixed head set: JSON with ``local`` and ``global`` lists of [layer, head].
+
+    A record written by ``attnrhythm analyze`` works too (its ``heads`` field is used).
+    Returns (absolute layers involved, classes with absolute layer indices).
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise AttnRhythmError(f"heads file {path} does not exist: pass a JSON file with local/global heads")
+    except json.JSONDecodeError as err:
+        raise AttnRhythmError(f"heads file {path} is not valid JSON ({err.msg}, line {err.lineno})") from None
+    if isinstance(data, dict) and "heads" in data and isinstance(data["heads"], dict):
+        data = data["heads"]
+    try:
+        local = [(int(a), int(b)) for a, b in data["local"]]
+        glob = [(int(a), int(b)) for a, b in data["global"]]
+    except (KeyError, TypeError, ValueError):
+        raise AttnRhythmError(
+            f"heads file {path} needs 'local' and 'global' lists of [layer, head] pairs"
+        ) from None
+    if not local or not glob:
+        raise AttnRhythmError(f"heads file {path} has an empty local or global head list")
+    layers = sorted({h[0] for h in local + glob})
+    return layers, HeadClasses(local=local, global_=glob)
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+@dataclass
+class TraceResult:
+    """Everything attnrhythm knows about one trace (tensors are response-relative)."""
+
+    input_ids: list[int]
+    response_start: int
+    layers: list[int]
+    distance: torch.Tensor  # (L, H) span d[l,h]
+    heads: HeadClasses  # (absolute layer, head) pairs
+    waad: torch.Tensor
+    fai: torch.Tensor
+    entropy: torch.Tensor
+    logprob: torch.Tensor
+    delta: torch.Tensor
+    roles: Any
+    gamma: dict[str, torch.Tensor]
+    config: AnalysisConfig
+    meta: dict[str, Any] = field(default_factory=dict)
+    extra_cols: dict[tuple[int, int | None], torch.Tensor] = field(default_factory=dict)
+
+    def to_record(self, tokenizer: Any = None) -> dict[str, Any]:
+        """The JSON record documented in the README (schema_version 1)."""
+        lo, hi = self.config.fai_horizon  # type: ignore[misc]
+        tokens = (
+            [tokenizer.decode([i]) for i in self.input_ids] if tokenizer is not None else None
+        )
+        record: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            **self.meta,
+            "input_ids": self.input_ids,
+            "tokens": tokens,
+            "response_start": self.response_start,
+            "layers": self.layers,
+            "window": self.config.window,
+            "fai_horizon": [lo, hi],
+            "head_quantile": self.config.head_quantile,
+            "heads": {
+                "distance": [[round(float(x), 6) for x in row] for row in self.distance],
+                "local": [list(h) for h in self.heads.local],
+                "global": [list(h) for h in self.heads.global_],
+            },
+            "metrics": {
+                "waad": _floats(self.waad),
+                "fai": _floats(self.fai),
+                "entropy": _floats(self.entropy),
+                "logprob": _floats(self.logprob),
+                "delta": _floats(self.delta),
+            },
+            "roles": {
+                "preplan": self.roles.preplan,
+                "anchor": self.roles.anchor,
+                "dominated": self.roles.dominated,
+                "intro": self.roles.intro,
+                "intro_of": {str(k): v for k, v in self.roles.intro_of.items()},
+                "tau_waad": _float(self.roles.tau_waad),
+                "tau_delta": _float(self.roles.tau_delta),
+            },
+            "credit": asdict(self.config.credit),
+            "gamma": {name: _floats(g) for name, g in self.gamma.items()},
+        }
+        return record
+
+
+def _float(x: float) -> float | None:
+    return None if math.isnan(x) else round(float(x), 6)
+
+
+def _floats(t: torch.Tensor) -> list[float | None]:
+    return [_float(x) for x in t.double().tolist()]
+
+
+class Analyzer:
+    """Streaming analysis of a model; reusable across batches.
+
+    >>> analyzer = Analyzer(model, AnalysisConfig())
+    >>> results = analyzer.analyze([TraceInput(ids, response_start)])
+    """
+
+    def __init__(self, model: PreTrainedModel, config: AnalysisConfig | None = None) -> None:
+        self.model = cap.use_streaming_attention(model)
+        self.config = config or AnalysisConfig()
+        self.n_layers = cap.num_layers(model)
+        if self.config.heads is not None:
+            needed = self.config.heads_layers or sorted(
+                {h[0] for h in self.config.heads.local + self.config.heads.global_}
+            )
+            for layer in needed:
+                if not 0 <= layer < self.n_layers:
+                    raise AttnRhythmError(
+                        f"the fixed head set uses layer {layer}, but the model has {self.n_layers} layers"
+                    )
+            self.layers = sorted(set(needed))
+        else:
+            self.layers = parse_layers(self.config.layers, self.n_layers)
+        self.max_len = context_length(model)
+
+    # -- the forward pass -------------------------------------------------------------
+    @torch.no_grad()
+    def analyze(self, traces: list[TraceInput]) -> list[TraceResult]:
+        """Analyse a batch in one forward pass (all traces must be valid: see TraceInput.check)."""
+        for trace in traces:
+            trace.check(self.max_len)
+        model = self.model
+        device = next(model.parameters()).device
+        length = max(len(t.input_ids) for t in traces)
+        pad_id = _pad_id(model)
+        bsz = len(traces)
+        ids = torch.full((bsz, length), pad_id, dtype=torch.long)
+        mask = torch.zeros(bsz, length, dtype=torch.long)
+        row_weight = torch.zeros(bsz, length)
+        for b, t in enumerate(traces):
+            pad = length - len(t.input_ids)
+            ids[b, pad:] = torch.tensor(t.input_ids)
+            mask[b, pad:] = 1
+            row_weight[b, pad + t.response_start :] = 1.0
+        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+        ids, mask, position_ids = ids.to(device), mask.to(device), position_ids.to(device)
+
+        horizon = self.config.fai_horizon
+        bands = [horizon]
+        capture = cap.Capture(
+            layers=self.layers,
+            window=self.config.window,
+            bands=bands,
+            row_weight=row_weight.to(device),
+            tile_size=self.config.tile_size,
+        )
+        was_training = model.training
+        model.eval()
+        try:
+            with cap.capturing(capture):
+                hidden = model.base_model(
+                    input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+                ).last_hidden_state
+        finally:
+            model.train(was_training)
+        missing = [layer for layer in self.layers if layer not in capture.results]
+        if missing:
+            raise AttnRhythmError(
+                f"layers {missing} were not captured: {type(model).__name__} does not route them through "
+                "transformers' attention interface"
+            )
+        results = []
+        for b, trace in enumerate(traces):
+            pad = length - len(trace.input_ids)
+            r0 = pad + trace.response_start
+            ent, logp = self._response_logits(hidden[b], ids[b], r0)
+            results.append(self._finish(trace, capture, b, r0, ent, logp))
+        return results
+
+    def _response_logits(
+        self, hidden: torch.Tensor, ids: torch.Tensor, r0: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entropy and log-prob of each response token, the LM head applied in chunks."""
+        head = self.model.get_output_embeddings()
+        config = self.model.config
+        softcap = getattr(config, "final_logit_softcapping", None)
+        n = hidden.shape[0]
+        ent, logp = [], []
+        for start in range(r0 - 1, n - 1, self.config.logits_chunk):
+            stop = min(n - 1, start + self.config.logits_chunk)
+            logits = head(hidden[start:stop]).float()
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            lsm = torch.log_softmax(logits, dim=-1)
+            ent.append(entropy_from_logits(logits))
+            logp.append(lsm.gather(-1, ids[start + 1 : stop + 1, None])[:, 0])
+        return torch.cat(ent).cpu(), torch.cat(logp).cpu()
+
+    def _finish(
+        self, trace: TraceInput, capture: cap.Capture, b: int, r0: int, ent: torch.Tensor, logp: torch.Tensor
+    ) -> TraceResult:
+        cfg = self.config
+        horizon = cfg.fai_horizon
+        dist_rows = torch.stack([capture.results[layer].dist[b, :, r0:] for layer in self.layers]).cpu()
+        waad_rows = torch.stack([capture.results[layer].waad[b, :, r0:] for layer in self.layers]).cpu()
+        col_rows = torch.stack(
+            [capture.results[layer].cols[horizon][b, :, r0:] for layer in self.layers]
+        ).cpu()
+        distance = head_distance(dist_rows)
+        if cfg.heads is None:
+            classes = classify_heads(distance, cfg.head_quantile)
+        else:
+            pos = {layer: i for i, layer in enumerate(self.layers)}
+            classes = HeadClasses(
+                local=[(pos[a], h) for a, h in cfg.heads.local],
+                global_=[(pos[a], h) for a, h in cfg.heads.global_],
+            )
+        w = waad(waad_rows, classes.local)
+        f = fai(col_rows, classes.global_, horizon)  # type: ignore[arg-type]
+        dl = delta(w)
+        credit = cfg.credit
+        roles = find_roles(
+            w,
+            f,
+            dl,
+            q=credit.q,
+            k=credit.k,
+            tau_waad=credit.tau_waad,
+            tau_delta=credit.tau_delta,
+            bottom=credit.selection == "bottom",
+        )
+        gammas = {
+            name: gamma(name, waad=w, fai=f, delta=dl, entropy=ent, config=credit) for name in STRATEGIES
+        }
+        absolute = HeadClasses(
+            local=[(self.layers[li], h) for li, h in classes.local],
+            global_=[(self.layers[li], h) for li, h in classes.global_],
+        )
+        return TraceResult(
+            input_ids=list(trace.input_ids),
+            response_start=trace.response_start,
+            layers=list(self.layers),
+            distance=distance,
+            heads=absolute,
+            waad=w,
+            fai=f,
+            entropy=ent.double(),
+            logprob=logp.double(),
+            delta=dl,
+            roles=roles,
+            gamma=gammas,
+            config=cfg,
+            meta=dict(trace.meta),
+        )
+
+
+def _pad_id(model: PreTrainedModel) -> int:
+    config = model.config
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, int):
+            return value
+    return 0

@@ -1,0 +1,234 @@
+"""METHOD.md sections 1-4 as pure functions: layers, head classes, WAAD, FAI, Delta, roles.
+
+Every function takes the reductions of one sequence restricted to its response (index 0 is
+the first response token) and returns plain tensors or index lists. "Undefined" values are
+NaN in tensors and ``None`` in records.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import AttnRhythmError
+
+
+def round_half_up(x: float) -> int:
+    """Round to the nearest integer, halves away from zero for x >= 0 (METHOD.md's rounding)."""
+    return int(math.floor(x + 0.5))
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """``mid5``: 5 layers evenly spaced from floor(L/3) to floor(2L/3), rounded half-up, deduplicated."""
+    points = np.linspace(n_layers // 3, 2 * n_layers // 3, 5)
+    out: list[int] = []
+    for p in points:
+        layer = round_half_up(float(p))
+        if layer not in out:
+            out.append(layer)
+    return out
+
+
+def parse_layers(spec: str | list[int] | None, n_layers: int) -> list[int]:
+    """``mid5`` (default), ``all``, or a comma list of layer indices (negative counts from the end)."""
+    if spec is None or spec == "mid5":
+        return default_layers(n_layers)
+    if spec == "all":
+        return list(range(n_layers))
+    if isinstance(spec, str):
+        try:
+            items = [int(x) for x in spec.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise AttnRhythmError(
+                f"bad --layers {spec!r}: use 'mid5', 'all' or a comma list of layer indices like 3,7,11"
+            ) from None
+    else:
+        items = [int(x) for x in spec]
+    if not items:
+        raise AttnRhythmError("--layers is empty: use 'mid5', 'all' or a comma list like 3,7,11")
+    layers: list[int] = []
+    for item in items:
+        layer = item + n_layers if item < 0 else item
+        if not 0 <= layer < n_layers:
+            raise AttnRhythmError(
+                f"layer {item} is out of range: the model has {n_layers} layers (0..{n_layers - 1})"
+            )
+        if layer not in layers:
+            layers.append(layer)
+    return sorted(layers)
+
+
+def parse_horizon(spec: str | tuple[int, int | None]) -> tuple[int, int | None]:
+    """``LO:HI`` or ``LO:end`` -> (lo, hi) with hi None for end; 0 <= lo <= hi."""
+    if isinstance(spec, tuple):
+        lo, hi = spec
+    else:
+        parts = spec.strip().split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            lo = int(parts[0])
+            hi = None if parts[1].strip().lower() == "end" else int(parts[1])
+        except ValueError:
+            raise AttnRhythmError(
+                f"bad FAI horizon {spec!r}: write LO:HI or LO:end with integers, e.g. 10:50"
+            ) from None
+    if lo < 0 or (hi is not None and hi < lo):
+        raise AttnRhythmError(f"bad FAI horizon {lo}:{'end' if hi is None else hi}: need 0 <= LO <= HI")
+    return int(lo), (None if hi is None else int(hi))
+
+
+# ---------------------------------------------------------------- heads (section 2)
+
+
+@dataclass
+class HeadClasses:
+    """Local and global heads as (layer position, head) pairs into the analysed layers."""
+
+    local: list[tuple[int, int]]
+    global_: list[tuple[int, int]]
+
+
+def head_distance(dist_rows: torch.Tensor) -> torch.Tensor:
+    """d[l,h]: mean over response rows of sum_s A[t,s](t-s). ``dist_rows`` is (L, H, n)."""
+    return dist_rows.double().mean(-1)
+
+
+def classify_heads(distance: torch.Tensor, quantile: float = 0.3) -> HeadClasses:
+    """The m = max(1, round(q * #heads)) smallest-span heads are local, the m largest global.
+
+    One sort order decides both: ascending by d, ties broken by lower (layer, head) first;
+    H_loc is its first m entries and H_glob its last m.
+    """
+    if not 0 < quantile <= 0.5:
+        raise AttnRhythmError(f"bad head quantile {quantile}: it must be in (0, 0.5]")
+    n_layers, n_heads = distance.shape
+    values = distance.flatten().tolist()
+    order = sorted(range(len(values)), key=lambda i: (values[i], i))
+    m = max(1, round_half_up(quantile * len(values)))
+    pair = [(i // n_heads, i % n_heads) for i in order]
+    return HeadClasses(local=sorted(pair[:m]), global_=sorted(pair[-m:]))
+
+
+def mean_over_heads(per_head: torch.Tensor, heads: list[tuple[int, int]]) -> torch.Tensor:
+    """Average an (L, H, n) per-head vector over a set of (layer position, head) pairs."""
+    index_l = torch.tensor([h[0] for h in heads], dtype=torch.long)
+    index_h = torch.tensor([h[1] for h in heads], dtype=torch.long)
+    return per_head[index_l, index_h].double().mean(0)
+
+
+# ---------------------------------------------------------------- metrics (section 3)
+
+
+def waad(waad_rows: torch.Tensor, local: list[tuple[int, int]]) -> torch.Tensor:
+    """WAAD_t from per-head rows sum_s A[t,s] min(t-s, W), averaged over local heads."""
+    return mean_over_heads(waad_rows, local)
+
+
+def fai_counts(n: int, horizon: tuple[int, int | None]) -> torch.Tensor:
+    """|T(s)| for s = 0..n-1 (response-relative): number of t in [s+lo, min(s+hi, n-1)]."""
+    lo, hi = horizon
+    s = torch.arange(n, dtype=torch.float64)
+    last = torch.full_like(s, n - 1) if hi is None else torch.clamp(s + hi, max=n - 1)
+    return torch.clamp(last - (s + lo) + 1, min=0)
+
+
+def fai(col_rows: torch.Tensor, global_: list[tuple[int, int]], horizon: tuple[int, int | None]) -> torch.Tensor:
+    """FAI_s from per-head band column sums, averaged over global heads; NaN where T(s) is empty."""
+    sums = mean_over_heads(col_rows, global_)
+    counts = fai_counts(sums.shape[0], horizon)
+    out = sums / counts.clamp_min(1)
+    out[counts == 0] = float("nan")
+    return out
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) along the last dimension, in float32 or better."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def delta(waad_values: torch.Tensor) -> torch.Tensor:
+    """Delta_t = |WAAD_t - WAAD_{t+1}|, NaN for the last response token."""
+    out = torch.full_like(waad_values, float("nan"))
+    out[:-1] = (waad_values[:-1] - waad_values[1:]).abs()
+    return out
+
+
+# ---------------------------------------------------------------- roles (section 4)
+
+
+def top_q(values: torch.Tensor, q: float, *, bottom: bool = False) -> list[int]:
+    """TopQ: the ceil(q * count) largest defined values (ties: lower index first), sorted by index.
+
+    With ``bottom`` the smallest instead (same tie rule).
+    """
+    if not 0 < q <= 1:
+        raise AttnRhythmError(f"bad q {q}: it must be in (0, 1]")
+    vals = values.tolist()
+    defined = [i for i, v in enumerate(vals) if not math.isnan(v)]
+    take = math.ceil(q * len(defined))
+    sign = 1.0 if bottom else -1.0
+    chosen = sorted(defined, key=lambda i: (sign * vals[i], i))[:take]
+    return sorted(chosen)
+
+
+def nan_median(values: torch.Tensor) -> float:
+    """numpy.median over defined values (mean of the two middle ones for an even count)."""
+    arr = values.double().numpy()
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
+        return float("nan")
+    return float(np.median(arr))
+
+
+@dataclass
+class Roles:
+    """Role index lists (response-relative, ascending)."""
+
+    preplan: list[int]
+    anchor: list[int]
+    dominated: list[int]
+    intro: list[int]
+    intro_of: dict[int, int]  # dominated anchor -> its introductory token
+    tau_waad: float
+    tau_delta: float
+
+
+def find_roles(
+    waad_values: torch.Tensor,
+    fai_values: torch.Tensor,
+    delta_values: torch.Tensor,
+    *,
+    q: float = 0.4,
+    k: int = 3,
+    tau_waad: float | None = None,
+    tau_delta: float | None = None,
+    bottom: bool = False,
+) -> Roles:
+    """Preplan = TopQ(Delta), anchor = TopQ(FAI), D and I(D) per METHOD.md section 4."""
+    if k < 1:
+        raise AttnRhythmError(f"bad k {k}: the look-back for dominated anchors must be >= 1")
+    preplan = top_q(delta_values, q, bottom=bottom)
+    anchor = top_q(fai_values, q, bottom=bottom)
+    t_waad = nan_median(waad_values) if tau_waad is None else float(tau_waad)
+    t_delta = nan_median(delta_values) if tau_delta is None else float(tau_delta)
+    w = waad_values.tolist()
+    d = delta_values.tolist()
+    dominated: list[int] = []
+    intro_of: dict[int, int] = {}
+    for t in anchor:
+        if not w[t] <= t_waad:
+            continue
+        window = [u for u in range(max(0, t - k), t) if not math.isnan(d[u])]
+        if not window:
+            continue
+        best = max(window, key=lambda u: (d[u], u))  # ties: the u closest to t
+        if d[best] >= t_delta:
+            dominated.append(t)
+            intro_of[t] = best
+    intro = sorted(set(intro_of.values()))
+    return Roles(preplan, anchor, dominated, intro, intro_of, t_waad, t_delta)

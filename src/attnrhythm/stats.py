@@ -1,0 +1,175 @@
+"""Per-head attention reductions computed in query tiles, never from a full N x N map.
+
+Every attention metric of METHOD.md is linear in the attention map A of one head, so it is
+enough to keep, per head, a few length-N vectors:
+
+* ``dist[t]  = sum_s A[t,s] * (t - s)``          (row reduction; its mean over the response is
+  the head's span d[l,h])
+* ``waad[t]  = sum_s A[t,s] * min(t - s, W)``    (row reduction; WAAD before head averaging)
+* ``cols[s]  = sum_t w[t] * A[t,s] * [lo <= t - s <= hi]``  (band-limited column reduction with
+  row weights w; FAI and receiver-head scores before normalisation)
+
+``tile_reductions`` computes them from the post-RoPE query and key of one layer, a tile of
+query rows at a time: the only quadratic object is one (B, H, tile, N) block of scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Band = tuple[int, "int | None"]
+
+
+@dataclass
+class LayerReductions:
+    """Reductions of one layer, each (B, H, N) in float32, in padded coordinates."""
+
+    dist: torch.Tensor
+    waad: torch.Tensor
+    cols: dict[Band, torch.Tensor]
+
+
+def default_tile_size(batch: int, heads: int, length: int, budget_bytes: int = 64 * 2**20) -> int:
+    """Largest tile (query rows) whose fp32 score block fits ``budget_bytes``; at least 16 rows."""
+    per_row = max(1, batch * heads * length * 4)
+    tile = budget_bytes // per_row
+    return int(max(16, min(length, tile)))
+
+
+def _tile_mask(
+    attention_mask: torch.Tensor | None, t0: int, t1: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The mask block for query rows [t0, t1) and keys [0, t1).
+
+    Returns (mask_block, causal) where mask_block is the model's own mask sliced (bool: True
+    means attend; float: additive) or None, and causal is the (T, t1) causal pattern.
+    """
+    rows = torch.arange(t0, t1, device=device)
+    keys = torch.arange(0, t1, device=device)
+    causal = keys[None, :] <= rows[:, None]
+    if attention_mask is None:
+        return None, causal
+    block = attention_mask[..., t0:t1, :t1]
+    return block, causal
+
+
+def tile_reductions(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    scaling: float | None,
+    window: int,
+    bands: list[Band],
+    row_weight: torch.Tensor,
+    tile_size: int | None = None,
+    softcap: float | None = None,
+) -> LayerReductions:
+    """Compute row and band-column reductions of softmax(q k^T) for every query head.
+
+    Args:
+        query: (B, H, N, D) post-RoPE queries.
+        key: (B, Hkv, N, D) post-RoPE keys; H must be a multiple of Hkv (GQA).
+        attention_mask: None for a plain causal mask, or the model's 4D mask (B or 1, 1 or H,
+            N, N) as bool (True = attend) or additive float. It already holds padding and
+            sliding windows; the causal pattern is applied on top in any case.
+        scaling: softmax scale (default 1/sqrt(D)).
+        window: W of WAAD.
+        bands: list of (lo, hi) horizons for column reductions; hi None means "to the end".
+        row_weight: (B, N) weights of query rows in the column reductions (1 for response
+            tokens, 0 elsewhere).
+        tile_size: query rows per tile (default: a 64 MiB score block).
+        softcap: tanh soft-capping of scores (Gemma-2 style), if the model uses it.
+    """
+    bsz, n_heads, n, dim = query.shape
+    n_kv = key.shape[1]
+    if n_heads % n_kv:
+        raise ValueError(f"{n_heads} query heads are not a multiple of {n_kv} key heads")
+    group = n_heads // n_kv
+    scale = float(scaling) if scaling is not None else dim**-0.5
+    device = query.device
+    q_all = query.detach().float()
+    k_all = key.detach().float()
+    w_all = row_weight.detach().float().to(device)
+    tile = tile_size or default_tile_size(bsz, n_heads, n)
+
+    dist = torch.zeros(bsz, n_heads, n, device=device)
+    waad = torch.zeros(bsz, n_heads, n, device=device)
+    cols = {band: torch.zeros(bsz, n_heads, n, device=device) for band in bands}
+    offsets = torch.arange(window, device=device)  # j = t - s for the near band of WAAD
+
+    for t0 in range(0, n, tile):
+        t1 = min(n, t0 + tile)
+        rows = t1 - t0
+        q = q_all[:, :, t0:t1].reshape(bsz, n_kv, group * rows, dim)
+        k = k_all[:, :, :t1]
+        scores = torch.matmul(q, k.transpose(-1, -2)).view(bsz, n_heads, rows, t1)
+        scores.mul_(scale)
+        if softcap:
+            scores.div_(softcap).tanh_().mul_(softcap)
+        block, causal = _tile_mask(attention_mask, t0, t1, device)
+        if block is not None:
+            if block.dtype == torch.bool:
+                scores.masked_fill_(~block, float("-inf"))
+            else:
+                scores.add_(block.float())
+        scores.masked_fill_(~causal, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        probs.nan_to_num_(0.0)  # rows with every key masked (padding queries)
+
+        row_sum = probs.sum(-1)  # 1 for live rows, 0 for fully masked ones
+        rel_rows = torch.arange(rows, device=device, dtype=torch.float32)
+        # sum_s P[t,s](t-s) = (t-t0) * rowsum - sum_s P[t,s](s-t0): small magnitudes near t0.
+        rel_keys = torch.arange(t1, device=device, dtype=torch.float32) - t0
+        dist[:, :, t0:t1] = rel_rows * row_sum - torch.matmul(probs, rel_keys)
+
+        # WAAD: min(t-s, W) = W - (W - (t-s)) on the near band t-s < W, W elsewhere.
+        t_idx = torch.arange(t0, t1, device=device)
+        near = t_idx[:, None] - offsets[None, :]  # (T, W) key index s = t - j
+        valid = near >= 0
+        gathered = probs.gather(-1, near.clamp_min(0).expand(bsz, n_heads, rows, window))
+        near_w = (window - offsets).float()[None, :] * valid
+        waad[:, :, t0:t1] = window * row_sum - (gathered * near_w).sum(-1)
+
+        w = w_all[:, t0:t1]  # (B, T)
+        for band in bands:
+            cols[band][:, :, :t1] += _band_columns(probs, w, t0, t1, band)
+    return LayerReductions(dist=dist, waad=waad, cols=cols)
+
+
+def _band_columns(probs: torch.Tensor, w: torch.Tensor, t0: int, t1: int, band: Band) -> torch.Tensor:
+    """sum_t w[t] P[t,s] [lo <= t-s <= hi] over this tile's rows, for keys [0, t1): (B, H, t1)."""
+    lo, hi = band
+    bsz, n_heads, rows, keys = probs.shape
+    out = probs.new_zeros(bsz, n_heads, keys)
+    if hi is None:
+        # All columns at distance >= lo: the full weighted column sum minus the near strip.
+        out += torch.matmul(w[:, None, None, :], probs)[:, :, 0]
+        if lo > 0:
+            ks, part = _strip(probs, w, t0, t1, 0, lo - 1)
+            out[:, :, ks : ks + part.shape[-1]] -= part
+    else:
+        ks, part = _strip(probs, w, t0, t1, lo, hi)
+        out[:, :, ks : ks + part.shape[-1]] += part
+    return out
+
+
+def _strip(
+    probs: torch.Tensor, w: torch.Tensor, t0: int, t1: int, lo: int, hi: int
+) -> tuple[int, torch.Tensor]:
+    """Weighted column sums over the finite band lo <= t-s <= hi; returns (first key, sums)."""
+    keys = probs.shape[-1]
+    ks = max(0, t0 - hi)
+    ke = min(keys, max(ks, t1 - lo))
+    if ke <= ks:
+        return ks, probs.new_zeros(probs.shape[0], probs.shape[1], 0)
+    device = probs.device
+    t_idx = torch.arange(t0, t1, device=device)[:, None]
+    s_idx = torch.arange(ks, ke, device=device)[None, :]
+    gap = t_idx - s_idx
+    inside = ((gap >= lo) & (gap <= hi)).float()  # (T, S)
+    weight = w[:, None, :, None] * inside  # (B, 1, T, S)
+    return ks, (probs[..., ks:ke] * weight).sum(-2)
