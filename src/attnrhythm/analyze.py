@@ -94,7 +94,9 @@ def load_heads_file(path: str | Path) -> tuple[list[int], HeadClasses]:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise AttnRhythmError(f"heads file {path} does not exist: pass a JSON file with local/global heads")
+        raise AttnRhythmError(
+            f"heads file {path} does not exist: pass a JSON file with local/global heads"
+        ) from None
     except json.JSONDecodeError as err:
         raise AttnRhythmError(f"heads file {path} is not valid JSON ({err.msg}, line {err.lineno})") from None
     if isinstance(data, dict) and "heads" in data and isinstance(data["heads"], dict):
@@ -144,9 +146,7 @@ class TraceResult:
     def to_record(self, tokenizer: Any = None) -> dict[str, Any]:
         """The JSON record documented in the README (schema_version 1)."""
         lo, hi = self.config.fai_horizon  # type: ignore[misc]
-        tokens = (
-            [tokenizer.decode([i]) for i in self.input_ids] if tokenizer is not None else None
-        )
+        tokens = [tokenizer.decode([i]) for i in self.input_ids] if tokenizer is not None else None
         record: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             **self.meta,

@@ -46,24 +46,52 @@ TileOpt = typer.Option(None, "--tile-size", help="Query rows per attention tile 
 ChatOpt = typer.Option(True, "--chat/--no-chat", help="Wrap the prompt in the model's chat template.")
 
 
-def _config(layers, window, fai_horizon, head_quantile, heads, q, amp, alpha, k, tau_waad, tau_delta,
-            selection, seed, tile_size):
+def _config(
+    layers,
+    window,
+    fai_horizon,
+    head_quantile,
+    heads,
+    q,
+    amp,
+    alpha,
+    k,
+    tau_waad,
+    tau_delta,
+    selection,
+    seed,
+    tile_size,
+):
     from .analyze import AnalysisConfig, load_heads_file
     from .credit import CreditConfig
 
     fixed = heads_layers = None
     if heads is not None:
         heads_layers, fixed = load_heads_file(heads)
-    credit = CreditConfig(q=q, amp=amp, alpha=alpha, k=k, tau_waad=tau_waad, tau_delta=tau_delta,
-                          selection=selection, seed=seed)
-    return AnalysisConfig(layers=layers, window=window, fai_horizon=fai_horizon, head_quantile=head_quantile,
-                          heads=fixed, heads_layers=heads_layers, credit=credit, tile_size=tile_size)
+    credit = CreditConfig(
+        q=q, amp=amp, alpha=alpha, k=k, tau_waad=tau_waad, tau_delta=tau_delta, selection=selection, seed=seed
+    )
+    return AnalysisConfig(
+        layers=layers,
+        window=window,
+        fai_horizon=fai_horizon,
+        head_quantile=head_quantile,
+        heads=fixed,
+        heads_layers=heads_layers,
+        credit=credit,
+        tile_size=tile_size,
+    )
 
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False, disable=not console.is_terminal,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
     )
 
 
@@ -71,8 +99,12 @@ def _progress() -> Progress:
 def analyze(
     prompt: str = typer.Option(None, "--prompt", help="Prompt text (with --response)."),
     response: str = typer.Option(None, "--response", help="Response text to analyse."),
-    input: Path = typer.Option(None, "--input", "-i", help='JSONL with {"prompt", "response"} or {"prompt"} lines.'),
-    out: Path = typer.Option(Path("attnrhythm.jsonl"), "--out", "-o", help="Output JSONL (atomic; reruns resume)."),
+    input: Path = typer.Option(
+        None, "--input", "-i", help='JSONL with {"prompt", "response"} or {"prompt"} lines.'
+    ),
+    out: Path = typer.Option(
+        Path("attnrhythm.jsonl"), "--out", "-o", help="Output JSONL (atomic; reruns resume)."
+    ),
     model: str = ModelOpt,
     device: str = DeviceOpt,
     layers: str = LayersOpt,
@@ -90,7 +122,9 @@ def analyze(
     seed: int = typer.Option(0, "--seed", help="Seed for sampling and the random credit baseline."),
     batch_size: int = typer.Option(4, "--batch-size", help="Traces per forward pass."),
     tile_size: int = TileOpt,
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Tokens to generate for prompt-only lines."),
+    max_new_tokens: int = typer.Option(
+        256, "--max-new-tokens", help="Tokens to generate for prompt-only lines."
+    ),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature (0: greedy)."),
     chat: bool = ChatOpt,
 ) -> None:
@@ -104,14 +138,36 @@ def analyze(
         raise AttnRhythmError("pass either --input or --prompt/--response, not both")
     if input is None and response is None:
         raise AttnRhythmError("--prompt needs --response (or put prompt-only lines in --input to generate)")
-    config = _config(layers, window, fai_horizon, head_quantile, heads, q, amp, alpha, k, tau_waad,
-                     tau_delta, selection, seed, tile_size)
-    items = read_inputs(input) if input is not None else [InputItem(0, {"prompt": prompt, "response": response})]
+    config = _config(
+        layers,
+        window,
+        fai_horizon,
+        head_quantile,
+        heads,
+        q,
+        amp,
+        alpha,
+        k,
+        tau_waad,
+        tau_delta,
+        selection,
+        seed,
+        tile_size,
+    )
+    items = (
+        read_inputs(input) if input is not None else [InputItem(0, {"prompt": prompt, "response": response})]
+    )
     lm, tokenizer = _load(model, device)
     with _progress() as progress:
         task = progress.add_task("analysing", total=len(items))
         summary = analyze_items(
-            items, lm, tokenizer, config, out=out, batch_size=batch_size, chat=chat,
+            items,
+            lm,
+            tokenizer,
+            config,
+            out=out,
+            batch_size=batch_size,
+            chat=chat,
             generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
@@ -127,7 +183,9 @@ def analyze(
 def demo(
     model: str = ModelOpt,
     device: str = DeviceOpt,
-    out: Path = typer.Option(Path("attnrhythm-demo.jsonl"), "--out", "-o", help="Where to write the records."),
+    out: Path = typer.Option(
+        Path("attnrhythm-demo.jsonl"), "--out", "-o", help="Where to write the records."
+    ),
     n: int = typer.Option(3, "--n", help="How many built-in problems to answer (1-6)."),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Tokens generated per answer."),
     temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature (0: greedy)."),
@@ -142,18 +200,27 @@ def demo(
     if not 1 <= n <= len(PROBLEMS):
         raise AttnRhythmError(f"bad --n {n}: the demo has {len(PROBLEMS)} problems, pick 1..{len(PROBLEMS)}")
     lm, tokenizer = _load(model, device)
-    items = [InputItem(i + 1, {"id": f"demo-{i + 1}", "prompt": p.question, "answer": p.answer})
-             for i, p in enumerate(PROBLEMS[:n])]
+    items = [
+        InputItem(i + 1, {"id": f"demo-{i + 1}", "prompt": p.question, "answer": p.answer})
+        for i, p in enumerate(PROBLEMS[:n])
+    ]
     with console.status(f"generating and analysing {n} answers ..."):
         summary = analyze_items(
-            items, lm, tokenizer, AnalysisConfig(), out=out, batch_size=n,
+            items,
+            lm,
+            tokenizer,
+            AnalysisConfig(),
+            out=out,
+            batch_size=n,
             generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=0),
             keep_results=True,
         )
     for err in summary.errors:
         console.print(f"[red]skipped[/red] {err}", highlight=False)
     show(out_console, summary.records, rows=rows)
-    out_console.print(f"\nrecords: {out.resolve()}  (schema: README, section 'Record schema')", highlight=False)
+    out_console.print(
+        f"\nrecords: {out.resolve()}  (schema: README, section 'Record schema')", highlight=False
+    )
 
 
 def _load(model: str, device: str):
@@ -177,8 +244,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     except click.ClickException as err:
         hint = f" (see `attnrhythm {err.ctx.info_name if getattr(err, 'ctx', None) else ''} --help`)"
-        console.print(f"[red]error:[/red] {err.format_message()}{hint.replace('attnrhythm attnrhythm', 'attnrhythm')}",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"[red]error:[/red] {err.format_message()}{hint.replace('attnrhythm attnrhythm', 'attnrhythm')}",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(2)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)

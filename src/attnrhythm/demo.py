@@ -18,18 +18,35 @@ class Problem:
 
 
 PROBLEMS: tuple[Problem, ...] = (
-    Problem("Tom has 3 boxes with 12 apples in each box. He gives away 10 apples. "
-            "How many apples does he have left? Think step by step.", 26),
-    Problem("A shop sells pencils at 4 dollars each. Maria buys 6 pencils and pays with a 50 dollar bill. "
-            "How much change does she get? Think step by step.", 26),
-    Problem("A train travels 60 miles per hour for 3 hours, then 40 miles per hour for 2 hours. "
-            "How many miles does it travel in total? Think step by step.", 260),
-    Problem("Lena reads 15 pages a day. Her book has 120 pages. After 5 days, how many pages "
-            "are left to read? Think step by step.", 45),
-    Problem("A farmer has 8 cows and twice as many sheep. Each animal eats 2 kilograms of hay a day. "
-            "How many kilograms of hay do they eat in a day? Think step by step.", 48),
-    Problem("Sam saves 7 dollars every week. How many weeks does he need to save 91 dollars? "
-            "Think step by step.", 13),
+    Problem(
+        "Tom has 3 boxes with 12 apples in each box. He gives away 10 apples. "
+        "How many apples does he have left? Think step by step.",
+        26,
+    ),
+    Problem(
+        "A shop sells pencils at 4 dollars each. Maria buys 6 pencils and pays with a 50 dollar bill. "
+        "How much change does she get? Think step by step.",
+        26,
+    ),
+    Problem(
+        "A train travels 60 miles per hour for 3 hours, then 40 miles per hour for 2 hours. "
+        "How many miles does it travel in total? Think step by step.",
+        260,
+    ),
+    Problem(
+        "Lena reads 15 pages a day. Her book has 120 pages. After 5 days, how many pages "
+        "are left to read? Think step by step.",
+        45,
+    ),
+    Problem(
+        "A farmer has 8 cows and twice as many sheep. Each animal eats 2 kilograms of hay a day. "
+        "How many kilograms of hay do they eat in a day? Think step by step.",
+        48,
+    ),
+    Problem(
+        "Sam saves 7 dollars every week. How many weeks does he need to save 91 dollars? Think step by step.",
+        13,
+    ),
 )
 
 ROLE_STYLE = {"P": "bold cyan", "A": "bold magenta", "D": "bold yellow", "I": "bold green"}
@@ -87,9 +104,15 @@ def show(console: Console, records: list[dict[str, Any]], rows: int = 0) -> None
         limit = n if rows <= 0 else min(rows, n)
         for t in range(limit):
             table.add_row(
-                str(t), repr(tokens[t])[1:-1], Text(marks[t], style=ROLE_STYLE[marks[t][-1]] if marks[t] else ""),
-                _fmt(metrics["waad"][t]), _fmt(metrics["fai"][t], 4), _fmt(metrics["delta"][t]),
-                _fmt(metrics["entropy"][t]), _fmt(gam["local"][t], 2), _fmt(gam["global"][t], 2),
+                str(t),
+                repr(tokens[t])[1:-1],
+                Text(marks[t], style=ROLE_STYLE[marks[t][-1]] if marks[t] else ""),
+                _fmt(metrics["waad"][t]),
+                _fmt(metrics["fai"][t], 4),
+                _fmt(metrics["delta"][t]),
+                _fmt(metrics["entropy"][t]),
+                _fmt(gam["local"][t], 2),
+                _fmt(gam["global"][t], 2),
                 _fmt(gam["coupled"][t], 2),
             )
         console.print(table)
@@ -99,8 +122,10 @@ def show(console: Console, records: list[dict[str, Any]], rows: int = 0) -> None
         ok = "-" if "answer" not in record else ("yes" if got == float(record["answer"]) else "no")
         coupled = record["gamma"]["coupled"]
         summary.add_row(
-            str(record.get("key", "")), str(n), ok, *(str(len(record["roles"][k])) for k in
-                                                      ("preplan", "anchor", "dominated", "intro")),
+            str(record.get("key", "")),
+            str(n),
+            ok,
+            *(str(len(record["roles"][k])) for k in ("preplan", "anchor", "dominated", "intro")),
             f"{sum(coupled) / len(coupled):.3f}",
         )
     console.print(summary)

@@ -70,7 +70,11 @@ def generate(
         ids[b, length - len(p) :] = torch.tensor(p)
         mask[b, length - len(p) :] = 1
     torch.manual_seed(seed)
-    kwargs: dict[str, Any] = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens, "pad_token_id": pad_id}
+    kwargs: dict[str, Any] = {
+        "do_sample": temperature > 0,
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": pad_id,
+    }
     if temperature > 0:
         kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)

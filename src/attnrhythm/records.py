@@ -55,16 +55,16 @@ def read_inputs(path: str | Path) -> list[InputItem]:
                 items.append(InputItem(number, None, f"line {number} is not valid JSON ({err.msg})"))
                 continue
             if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
-                items.append(
-                    InputItem(number, None, f'line {number} needs an object with a string "prompt"')
-                )
+                items.append(InputItem(number, None, f'line {number} needs an object with a string "prompt"'))
                 continue
             if "response" in data and not isinstance(data["response"], str):
                 items.append(InputItem(number, None, f'line {number}: "response" must be a string'))
                 continue
             items.append(InputItem(number, data))
     if not items:
-        raise AttnRhythmError(f"input file {p} has no records: add lines like {{\"prompt\": ..., \"response\": ...}}")
+        raise AttnRhythmError(
+            f'input file {p} has no records: add lines like {{"prompt": ..., "response": ...}}'
+        )
     return items
 
 
@@ -86,7 +86,9 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """All records of a finished JSONL output (used by reports and studies)."""
     p = Path(path)
     if not p.exists():
-        raise AttnRhythmError(f"records file {p} does not exist: write one with `attnrhythm analyze --out {p}`")
+        raise AttnRhythmError(
+            f"records file {p} does not exist: write one with `attnrhythm analyze --out {p}`"
+        )
     records = []
     with p.open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):

@@ -136,7 +136,9 @@ def fai_counts(n: int, horizon: tuple[int, int | None]) -> torch.Tensor:
     return torch.clamp(last - (s + lo) + 1, min=0)
 
 
-def fai(col_rows: torch.Tensor, global_: list[tuple[int, int]], horizon: tuple[int, int | None]) -> torch.Tensor:
+def fai(
+    col_rows: torch.Tensor, global_: list[tuple[int, int]], horizon: tuple[int, int | None]
+) -> torch.Tensor:
     """FAI_s from per-head band column sums, averaged over global heads; NaN where T(s) is empty."""
     sums = mean_over_heads(col_rows, global_)
     counts = fai_counts(sums.shape[0], horizon)
