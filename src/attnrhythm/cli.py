@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .errors import AttnRhythmError
+
+try:  # typer >= 0.26 vendors its own click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer with the separate click package
+    from click import exceptions as click_exceptions
 
 app = typer.Typer(
     add_completion=False,
@@ -171,6 +175,8 @@ def analyze(
             generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
+    if input is None and summary.errors:
+        raise AttnRhythmError(summary.errors[0])
     for err in summary.errors:
         console.print(f"[red]skipped[/red] {err}", highlight=False)
     resumed = f" ({summary.resumed} already there)" if summary.resumed else ""
@@ -240,9 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     except AttnRhythmError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except click.exceptions.NoArgsIsHelpError:
+    except click_exceptions.NoArgsIsHelpError:
         sys.exit(0)
-    except click.ClickException as err:
+    except click_exceptions.ClickException as err:
         hint = f" (see `attnrhythm {err.ctx.info_name if getattr(err, 'ctx', None) else ''} --help`)"
         console.print(
             f"[red]error:[/red] {err.format_message()}{hint.replace('attnrhythm attnrhythm', 'attnrhythm')}",
@@ -250,9 +256,9 @@ def main(argv: list[str] | None = None) -> None:
             soft_wrap=True,
         )
         sys.exit(2)
-    except click.exceptions.Exit as err:
+    except click_exceptions.Exit as err:
         sys.exit(err.exit_code)
-    except click.exceptions.Abort:
+    except click_exceptions.Abort:
         console.print("aborted", highlight=False)
         sys.exit(130)
     if isinstance(rc, int) and rc:

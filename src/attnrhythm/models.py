@@ -99,9 +99,21 @@ def embedded_gguf_path() -> Path:
     )
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    """``name`` or ``owner/name``, as the Hugging Face hub spells repository ids."""
+    return _HUB_ID.fullmatch(spec) is not None and ".." not in spec and not spec.endswith(".")
+
+
 def _looks_like_path(spec: str) -> bool:
+    """A spec that can only be meant as a path: it starts with '.', '~' or a separator, or has separators
+    that a hub id (``owner/name``) cannot have."""
     seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
-    return any(sep in spec for sep in seps) or spec.startswith((".", "~"))
+    if spec.startswith((".", "~")) or any(spec.startswith(sep) for sep in seps):
+        return True
+    return any(sep in spec for sep in seps) and not _looks_like_hub_id(spec)
 
 
 def _gguf_cache_name(path: Path) -> str:

@@ -110,14 +110,14 @@ def _traces(
     for item in batch:
         data = item.data or {}
         response = data.get("response", generated.get(id(item), ""))
-        where = "the command line" if item.index == 0 else f"line {item.index}"
+        where = "" if item.index == 0 else f"line {item.index}: "
         try:
             meta = {k: v for k, v in data.items() if k not in ("prompt", "response")}
             meta.update(prompt=data["prompt"], response=response, generated="response" not in data)
             trace = make_trace(tokenizer, data["prompt"], response, chat=chat, meta=meta)
             trace.check(max_len)
         except AttnRhythmError as err:
-            summary.errors.append(f"{where}: {err}")
+            summary.errors.append(f"{where}{err}")
             continue
         out.append((item, trace))
     return out
