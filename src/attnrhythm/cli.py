@@ -50,40 +50,23 @@ TileOpt = typer.Option(None, "--tile-size", help="Query rows per attention tile 
 ChatOpt = typer.Option(True, "--chat/--no-chat", help="Wrap the prompt in the model's chat template.")
 
 
-def _config(
-    layers,
-    window,
-    fai_horizon,
-    head_quantile,
-    heads,
-    q,
-    amp,
-    alpha,
-    k,
-    tau_waad,
-    tau_delta,
-    selection,
-    seed,
-    tile_size,
-):
+def _config(*, heads: Path | None, save_maps: str | None, tile_size: int | None, **values):
+    """AnalysisConfig from the shared flags (credit flags go to CreditConfig)."""
     from .analyze import AnalysisConfig, load_heads_file
     from .credit import CreditConfig
 
     fixed = heads_layers = None
     if heads is not None:
         heads_layers, fixed = load_heads_file(heads)
-    credit = CreditConfig(
-        q=q, amp=amp, alpha=alpha, k=k, tau_waad=tau_waad, tau_delta=tau_delta, selection=selection, seed=seed
-    )
+    credit_keys = ("q", "amp", "alpha", "k", "tau_waad", "tau_delta", "selection", "seed")
+    credit = CreditConfig(**{key: values.pop(key) for key in credit_keys})
     return AnalysisConfig(
-        layers=layers,
-        window=window,
-        fai_horizon=fai_horizon,
-        head_quantile=head_quantile,
+        **values,
         heads=fixed,
         heads_layers=heads_layers,
         credit=credit,
         tile_size=tile_size,
+        save_maps=save_maps,
     )
 
 
@@ -131,6 +114,9 @@ def analyze(
     ),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature (0: greedy)."),
     chat: bool = ChatOpt,
+    save_maps: str = typer.Option(
+        None, "--save-maps", help="Keep the mean local/global maps of response window START:END (<= 512)."
+    ),
 ) -> None:
     """Analyse prompt+response traces: head spans and classes, WAAD, FAI, entropy, roles, gamma."""
     from .records import InputItem, read_inputs
@@ -143,20 +129,21 @@ def analyze(
     if input is None and response is None:
         raise AttnRhythmError("--prompt needs --response (or put prompt-only lines in --input to generate)")
     config = _config(
-        layers,
-        window,
-        fai_horizon,
-        head_quantile,
-        heads,
-        q,
-        amp,
-        alpha,
-        k,
-        tau_waad,
-        tau_delta,
-        selection,
-        seed,
-        tile_size,
+        layers=layers,
+        window=window,
+        fai_horizon=fai_horizon,
+        head_quantile=head_quantile,
+        heads=heads,
+        q=q,
+        amp=amp,
+        alpha=alpha,
+        k=k,
+        tau_waad=tau_waad,
+        tau_delta=tau_delta,
+        selection=selection,
+        seed=seed,
+        tile_size=tile_size,
+        save_maps=save_maps,
     )
     items = (
         read_inputs(input) if input is not None else [InputItem(0, {"prompt": prompt, "response": response})]

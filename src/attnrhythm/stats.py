@@ -29,6 +29,7 @@ class LayerReductions:
     dist: torch.Tensor
     waad: torch.Tensor
     cols: dict[Band, torch.Tensor]
+    blocks: list[torch.Tensor | None] | None = None  # per sequence: (H, S, S) map block, if asked
 
 
 def default_tile_size(batch: int, heads: int, length: int, budget_bytes: int = 64 * 2**20) -> int:
@@ -66,6 +67,7 @@ def tile_reductions(
     row_weight: torch.Tensor,
     tile_size: int | None = None,
     softcap: float | None = None,
+    blocks: list[tuple[int, int] | None] | None = None,
 ) -> LayerReductions:
     """Compute row and band-column reductions of softmax(q k^T) for every query head.
 
@@ -82,6 +84,8 @@ def tile_reductions(
             tokens, 0 elsewhere).
         tile_size: query rows per tile (default: a 64 MiB score block).
         softcap: tanh soft-capping of scores (Gemma-2 style), if the model uses it.
+        blocks: optional per-sequence (start, end) ranges in padded coordinates: the square
+            map block A[start:end, start:end] of every head is kept (for plots of a window).
     """
     bsz, n_heads, n, dim = query.shape
     n_kv = key.shape[1]
@@ -99,6 +103,10 @@ def tile_reductions(
     waad = torch.zeros(bsz, n_heads, n, device=device)
     cols = {band: torch.zeros(bsz, n_heads, n, device=device) for band in bands}
     offsets = torch.arange(window, device=device)  # j = t - s for the near band of WAAD
+    kept: list[torch.Tensor | None] = [None] * bsz
+    for b, span in enumerate(blocks or []):
+        if span is not None:
+            kept[b] = torch.zeros(n_heads, span[1] - span[0], span[1] - span[0], device=device)
 
     for t0 in range(0, n, tile):
         t1 = min(n, t0 + tile)
@@ -137,7 +145,17 @@ def tile_reductions(
         w = w_all[:, t0:t1]  # (B, T)
         for band in bands:
             cols[band][:, :, :t1] += _band_columns(probs, w, t0, t1, band)
-    return LayerReductions(dist=dist, waad=waad, cols=cols)
+        for b, span in enumerate(blocks or []):
+            if span is None:
+                continue
+            a, e = span
+            lo_row, hi_row = max(a, t0), min(e, t1)
+            if lo_row < hi_row:
+                key_end = min(e, t1)
+                kept[b][:, lo_row - a : hi_row - a, : key_end - a] = probs[
+                    b, :, lo_row - t0 : hi_row - t0, a:key_end
+                ]
+    return LayerReductions(dist=dist, waad=waad, cols=cols, blocks=kept if blocks else None)
 
 
 def _band_columns(probs: torch.Tensor, w: torch.Tensor, t0: int, t1: int, band: Band) -> torch.Tensor:
