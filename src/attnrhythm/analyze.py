@@ -31,6 +31,8 @@ from .rhythm import (
     head_distance,
     parse_horizon,
     parse_layers,
+    receiver_heads,
+    round_half_up,
     waad,
 )
 
@@ -51,6 +53,8 @@ class AnalysisConfig:
     tile_size: int | None = None
     logits_chunk: int = 256
     save_maps: str | tuple[int, int] | None = None  # response-relative START:END of kept map blocks
+    proximity: int = 4  # receiver heads: column scores count attention from >= proximity tokens later
+    receiver_count: int | None = None  # receiver heads kept (None: as many as global heads; 0: off)
 
     def __post_init__(self) -> None:
         self.fai_horizon = parse_horizon(self.fai_horizon)
@@ -58,6 +62,8 @@ class AnalysisConfig:
             self.save_maps = parse_span(self.save_maps)
         if self.window < 1:
             raise AttnRhythmError(f"bad --window {self.window}: the WAAD window must be >= 1")
+        if self.proximity < 1:
+            raise AttnRhythmError(f"bad --proximity {self.proximity}: it must be >= 1")
         if self.tile_size is not None and self.tile_size < 1:
             raise AttnRhythmError(f"bad --tile-size {self.tile_size}: it must be >= 1")
 
@@ -177,6 +183,8 @@ class TraceResult:
     config: AnalysisConfig
     meta: dict[str, Any] = field(default_factory=dict)
     maps: dict[str, Any] | None = None  # {"span": [s, e], "local": SxS, "global": SxS} (tensors)
+    receivers: list[tuple[int, int]] = field(default_factory=list)  # receiver heads (absolute layer)
+    fai_receiver: torch.Tensor | None = None  # FAI over receiver heads
 
     def to_record(self, tokenizer: Any = None) -> dict[str, Any]:
         """The JSON record documented in the README (schema_version 1)."""
@@ -216,6 +224,10 @@ class TraceResult:
             "credit": asdict(self.config.credit),
             "gamma": {name: _floats(g) for name, g in self.gamma.items()},
         }
+        if self.fai_receiver is not None:
+            record["heads"]["receiver"] = [list(h) for h in self.receivers]
+            record["heads"]["proximity"] = self.config.proximity
+            record["metrics"]["fai_receiver"] = _floats(self.fai_receiver)
         if self.maps is not None:
             record["maps"] = maps_to_json(self.maps)
         return record
@@ -287,6 +299,8 @@ class Analyzer:
 
         horizon = self.config.fai_horizon
         bands = [horizon]
+        if self.config.receiver_count != 0 and (self.config.proximity, None) not in bands:
+            bands.append((self.config.proximity, None))
         spans: list[tuple[int, int] | None] | None = None
         if self.config.save_maps is not None:
             spans = []
@@ -355,6 +369,15 @@ class Analyzer:
             [capture.results[layer].cols[horizon][b, :, r0:] for layer in self.layers]
         ).cpu()
         distance = head_distance(dist_rows)
+        receivers: list[tuple[int, int]] = []
+        fai_receiver = None
+        if cfg.receiver_count != 0:
+            prox_rows = torch.stack(
+                [capture.results[layer].cols[(cfg.proximity, None)][b, :, r0:] for layer in self.layers]
+            ).cpu()
+            count = cfg.receiver_count or max(1, round_half_up(cfg.head_quantile * distance.numel()))
+            receivers, _ = receiver_heads(prox_rows, cfg.proximity, min(count, distance.numel()))
+            fai_receiver = fai(col_rows, receivers, horizon)  # type: ignore[arg-type]
         if cfg.heads is None:
             classes = classify_heads(distance, cfg.head_quantile)
         else:
@@ -410,6 +433,8 @@ class Analyzer:
             config=cfg,
             meta=dict(trace.meta),
             maps=maps,
+            receivers=[(self.layers[li], h) for li, h in receivers],
+            fai_receiver=fai_receiver,
         )
 
 

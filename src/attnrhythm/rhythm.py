@@ -147,6 +147,40 @@ def fai(
     return out
 
 
+def kurtosis(values: torch.Tensor) -> torch.Tensor:
+    """Excess (Fisher) kurtosis along the last dimension, population moments, NaNs ignored."""
+    x = values.double()
+    ok = ~torch.isnan(x)
+    count = ok.sum(-1).clamp_min(1)
+    mean = torch.where(ok, x, 0).sum(-1) / count
+    dev = torch.where(ok, x - mean[..., None], 0)
+    m2 = (dev**2).sum(-1) / count
+    m4 = (dev**4).sum(-1) / count
+    return m4 / m2.clamp_min(1e-300) ** 2 - 3.0
+
+
+def receiver_heads(
+    col_rows: torch.Tensor, proximity: int, count: int
+) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """Receiver heads after Bogdan et al. (2025, "Thought Anchors").
+
+    A head's column score of response token s is the mean attention s receives from response
+    tokens at least ``proximity`` positions later; heads are ranked by the excess kurtosis of
+    their scores across tokens (highest first, ties: lower (layer, head) first) and the top
+    ``count`` are returned, with the (L, H) kurtosis. ``col_rows`` holds the band column sums
+    for the horizon (proximity, end), shape (L, H, n).
+    """
+    n = col_rows.shape[-1]
+    counts = fai_counts(n, (proximity, None))
+    scores = col_rows.double() / counts.clamp_min(1)
+    scores[..., counts == 0] = float("nan")
+    kurt = kurtosis(scores)
+    n_heads = kurt.shape[1]
+    flat = kurt.flatten().tolist()
+    order = sorted(range(len(flat)), key=lambda i: (-(flat[i] if not math.isnan(flat[i]) else -math.inf), i))
+    return sorted((i // n_heads, i % n_heads) for i in order[:count]), kurt
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) along the last dimension, in float32 or better."""
     logp = torch.log_softmax(logits.float(), dim=-1)
