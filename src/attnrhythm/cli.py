@@ -117,6 +117,10 @@ def analyze(
     save_maps: str = typer.Option(
         None, "--save-maps", help="Keep the mean local/global maps of response window START:END (<= 512)."
     ),
+    proximity: int = typer.Option(4, "--proximity", help="Receiver heads: count attention from >= this far."),
+    receivers: int = typer.Option(
+        None, "--receivers", help="Receiver heads to keep (default: as many as global heads; 0: off)."
+    ),
 ) -> None:
     """Analyse prompt+response traces: head spans and classes, WAAD, FAI, entropy, roles, gamma."""
     from .records import InputItem, read_inputs
