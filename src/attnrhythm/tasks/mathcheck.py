@@ -1,0 +1,173 @@
+"""Final-answer extraction and exact checking for math word problems.
+
+Extraction order (:func:`extract_answer`):
+
+1. the last well-formed ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces allowed) or ``\\boxed 5``;
+2. unless ``boxed_only``: the first number after the last GSM8K ``####`` marker, else after the
+   last "answer is" / "answer:" phrase, else the last number in the text.  Numbers include
+   ``1,234``, ``-3.5``, ``$26``, ``25%``, ``3/4`` and ``\\frac{3}{4}`` (``\\dfrac``, ``\\tfrac``).
+
+Comparison (:func:`answers_match`): both sides are normalised (:func:`normalize_answer`: LaTeX
+spacing, ``\\text{}``, dollar signs, thousands commas, a trailing period, ``%`` and trailing
+units/words are dropped); when both parse as numbers they are compared exactly as ``Fraction``
+(so ``0.5 == 1/2 == \\frac{1}{2}`` and ``25% == 25``), otherwise as normalised strings.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+# A plain number: optional sign and dollar sign, digits with optional thousands commas or a
+# decimal part, an optional percent sign.  The sign must not follow a word or digit ("5-3").
+_NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
+_NUMBER_RE = re.compile(
+    r"\\[dt]?frac\s*\{\s*-?\s*(?:" + _NUM + r")\s*\}\s*\{\s*-?\s*(?:" + _NUM + r")\s*\}"
+    r"|(?<![\w.\\])-?\s?\\?\$?\s?(?:" + _NUM + r")(?:\s*/\s*(?:" + _NUM + r"))?(?:\s?\\?%)?"
+)
+_BARE_BOX_RE = re.compile(r"-?[\w.,/\\%]*\w[%]?")
+_ANSWER_PHRASE_RE = re.compile(r"answer\s*(?:is|:|=)|####", re.IGNORECASE)
+
+_LATEX_WRAPPERS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_LATEX_SPACES = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\left|\\right|\\displaystyle")
+_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_FRAC_SHORT_RE = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
+_THOUSANDS_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d])")
+_SPACED_THOUSANDS_RE = re.compile(r"(?<=\d) (?=\d{3}(?!\d))")
+_NUMERIC_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+))?")
+
+
+def _box_contents(text: str) -> list[str]:
+    """Contents of every well-formed box, in order (an unclosed brace is skipped)."""
+    found: list[str] = []
+    for match in _BOX_RE.finditer(text):
+        i = match.end()
+        while i < len(text) and text[i] in " \t":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth, j = 0, i
+            while j < len(text):
+                if text[j] == "{":
+                    depth += 1
+                elif text[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        found.append(text[i + 1 : j])
+                        break
+                j += 1
+        else:  # "\boxed 5": the next token
+            token = _BARE_BOX_RE.match(text, i)
+            if token:
+                found.append(token.group(0))
+    return found
+
+
+def extract_answer(text: str, *, boxed_only: bool = False) -> str | None:
+    """The final answer text of a completion (raw, not normalised), or None when there is none."""
+    boxes = [box for box in _box_contents(text) if box.strip()]
+    if boxes:
+        return boxes[-1].strip()
+    if boxed_only:
+        return None
+    phrases = list(_ANSWER_PHRASE_RE.finditer(text))
+    if phrases:
+        number = _NUMBER_RE.search(text, phrases[-1].end())
+        if number:
+            return number.group(0).strip()
+    numbers = _NUMBER_RE.findall(text)
+    return numbers[-1].strip() if numbers else None
+
+
+def _strip_units(s: str) -> str:
+    """'26 apples' -> '26', '5 cm^2' -> '5'; leaves non-numeric text alone."""
+    match = _NUMERIC_RE.match(s)
+    if match and match.end() < len(s):
+        rest = s[match.end() :].strip()
+        if re.fullmatch(r"[A-Za-z][A-Za-z\s.^\d/²³]*", rest):
+            return match.group(0)
+    return s
+
+
+def normalize_answer(s: str) -> str:
+    """A canonical form: numbers as ``26`` or reduced ``-7/2``; other text lowercased and trimmed."""
+    t = str(s).strip()
+    boxes = [box for box in _box_contents(t) if box.strip()]
+    if boxes:  # a whole "\boxed{...}" passed in: its content is the answer
+        t = boxes[-1].strip()
+    for _ in range(3):
+        t = _LATEX_WRAPPERS.sub(r"\1", t)
+    t = _FRAC_RE.sub(r"(\1)/(\2)", t)
+    t = _FRAC_SHORT_RE.sub(r"\1/\2", t)
+    t = _LATEX_SPACES.sub(" ", t)
+    t = t.replace("{,}", ",").replace("\\%", "%").replace("\\$", "").replace("$", "")
+    t = t.replace("−", "-")
+    t = _THOUSANDS_RE.sub(lambda m: m.group(1).replace(",", ""), t)
+    t = _SPACED_THOUSANDS_RE.sub("", t)  # "12\,000" -> "12 000" -> "12000"
+    t = " ".join(t.split()).strip()
+    t = re.sub(r"^[A-Za-z]\s*=\s*", "", t)  # "x = 5" -> "5"
+    t = t.rstrip(".").strip()
+    if t.endswith("%"):
+        t = t[:-1].strip()
+    t = re.sub(r"\(\s*([-+]?[\d.]+)\s*\)", r"\1", t)  # "(3)/(4)" -> "3/4"
+    t = _strip_units(t)
+    value = _to_fraction(t)
+    if value is not None:
+        return _format_number(value)
+    return t.lower()
+
+
+def _to_fraction(s: str) -> Fraction | None:
+    s = re.sub(r"\s*/\s*", "/", s.strip())
+    if not re.fullmatch(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/[-+]?(?:\d+(?:\.\d*)?|\.\d+))?", s):
+        return None
+    try:
+        if "/" in s:
+            num, den = s.split("/")
+            return Fraction(num) / Fraction(den)
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _format_number(value: Fraction) -> str:
+    """``26`` for integers, else the reduced ``p/q`` (``-7/2``)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{value.numerator}/{value.denominator}"
+
+
+def _reference_value(reference: str | int | float | Fraction) -> tuple[str, Fraction | None]:
+    """(normalised text, exact value or None) of a reference answer."""
+    if isinstance(reference, (int, Fraction)) and not isinstance(reference, bool):
+        value = Fraction(reference)
+        return _format_number(value), value
+    if isinstance(reference, float):
+        if reference != reference or reference in (float("inf"), float("-inf")):
+            return "", None
+        value = Fraction(repr(reference))  # the shortest decimal that round-trips: 0.1 -> 1/10
+        return _format_number(value), value
+    text = normalize_answer(str(reference))
+    return text, _to_fraction(text)
+
+
+def answers_match(predicted: str | None, reference: str | int | float | Fraction) -> bool:
+    """Exact numeric equality when both sides parse as numbers, else normalised string equality."""
+    if predicted is None:
+        return False
+    pred = normalize_answer(predicted)
+    ref, ref_value = _reference_value(reference)
+    if not pred or not ref:
+        return False
+    pred_value = _to_fraction(pred)
+    if pred_value is not None and ref_value is not None:
+        return pred_value == ref_value
+    return pred == ref
+
+
+def math_reward(
+    completion: str, reference: str | int | float | Fraction, *, boxed_only: bool = False
+) -> float:
+    """1.0 when the completion's final answer matches ``reference``, else 0.0."""
+    return 1.0 if answers_match(extract_answer(completion, boxed_only=boxed_only), reference) else 0.0
