@@ -110,7 +110,7 @@ def shape_advantages(
     Returns:
         (B, T) shaped token-level advantages.
     """
-    if advantages.dim() == 1:
+    if advantages.dim() == 1 and gammas.dim() == 2 and advantages.shape[0] == gammas.shape[0]:
         advantages = advantages[:, None].expand_as(gammas)
     if advantages.shape != gammas.shape:
         raise ValueError(f"advantages {tuple(advantages.shape)} and gamma {tuple(gammas.shape)} differ")

@@ -132,15 +132,26 @@ def tile_reductions(
         rel_rows = torch.arange(rows, device=device, dtype=torch.float32)
         # sum_s P[t,s](t-s) = (t-t0) * rowsum - sum_s P[t,s](s-t0): small magnitudes near t0.
         rel_keys = torch.arange(t1, device=device, dtype=torch.float32) - t0
-        dist[:, :, t0:t1] = rel_rows * row_sum - torch.matmul(probs, rel_keys)
+        # one pass over the block for both key reductions: sum_s P(s-t0), and WAAD's far mass below
+        far_end = max(0, t0 - window + 1)  # keys [0, far_end) are >= W back from every row here
+        key_vecs = torch.stack([rel_keys, (torch.arange(t1, device=device) < far_end).float()], -1)
+        key_sums = torch.matmul(probs, key_vecs)  # (B, H, T, 2)
+        dist[:, :, t0:t1] = rel_rows * row_sum - key_sums[..., 0]
 
-        # WAAD: min(t-s, W) = W - (W - (t-s)) on the near band t-s < W, W elsewhere.
+        # WAAD = sum_{j<W} j P[t,t-j] + W sum_{s<=t-W} P[t,s]: two sums of non-negative terms, so
+        # the fp32 error stays relative to WAAD (W * rowsum - ... lost ~W * 1e-7 to cancellation).
         t_idx = torch.arange(t0, t1, device=device)
         near = t_idx[:, None] - offsets[None, :]  # (T, W) key index s = t - j
         valid = near >= 0
         gathered = probs.gather(-1, near.clamp_min(0).expand(bsz, n_heads, rows, window))
-        near_w = (window - offsets).float()[None, :] * valid
-        waad[:, :, t0:t1] = window * row_sum - (gathered * near_w).sum(-1)
+        near_w = offsets.float()[None, :] * valid
+        far = key_sums[..., 1]
+        strip_end = max(far_end, t1 - window)  # keys [far_end, strip_end): far from some rows
+        if strip_end > far_end:
+            far_keys = torch.arange(far_end, strip_end, device=device)
+            inside = (far_keys[None, :] <= t_idx[:, None] - window).float()  # (T, S)
+            far = far + (probs[..., far_end:strip_end] * inside).sum(-1)
+        waad[:, :, t0:t1] = (gathered * near_w).sum(-1) + window * far
 
         w = w_all[:, t0:t1]  # (B, T)
         for band in bands:
