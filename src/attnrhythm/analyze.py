@@ -465,11 +465,13 @@ def compute_maps(
 
 
 def _pad_id(model: PreTrainedModel) -> int:
+    """A token id for padding positions (masked out, so any id inside the vocabulary works)."""
     config = model.config
+    vocab = model.get_input_embeddings().num_embeddings
     for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
         value = getattr(config, name, None)
         if isinstance(value, list):
             value = value[0] if value else None
-        if isinstance(value, int):
+        if isinstance(value, int) and 0 <= value < vocab:
             return value
     return 0
