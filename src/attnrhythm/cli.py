@@ -220,6 +220,73 @@ def demo(
     )
 
 
+@app.command()
+def report(
+    records: Path = typer.Argument(..., help="Records JSONL written by `attnrhythm analyze`."),
+    out: Path = typer.Option(Path("attnrhythm-report.html"), "--out", "-o", help="Output HTML file."),
+    span: str = typer.Option(
+        None,
+        "--span",
+        help="Response window START:END of the attention maps (default: the record's saved maps, "
+        "else 0:128; at most 512 tokens).",
+    ),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Recompute maps the records lack with this model (as in analyze)."
+    ),
+    device: str = DeviceOpt,
+) -> None:
+    """Write one self-contained HTML report (no network needed): index, curves, tokens, maps, heads."""
+    from .report import load_records, parse_span, render_html, write_page
+
+    recs = load_records(records)
+    parse_span(span)  # a bad span fails before a model is loaded
+    lm = tokenizer = None
+    if model is not None:
+        lm, tokenizer = _load(model, device)
+    with console.status(f"rendering {len(recs)} trace(s) ..."):
+        page = render_html(recs, model=lm, tokenizer=tokenizer, span=span, source=str(records))
+        path = write_page(page, out)
+    size = path.stat().st_size / 1024
+    console.print(f"wrote {path} ({size:,.0f} KiB, {len(recs)} trace(s))", highlight=False)
+
+
+@app.command()
+def figure(
+    records: Path = typer.Argument(..., help="Records JSONL written by `attnrhythm analyze`."),
+    index: int = typer.Option(0, "--index", "-i", help="Which record (0-based, the report's #)."),
+    out: Path = typer.Option(
+        Path("attnrhythm-figure.png"), "--out", "-o", help="Output file: .png, .pdf or .svg."
+    ),
+    span: str = typer.Option(
+        None, "--span", help="Response window START:END of the maps (default: saved maps, else 0:128)."
+    ),
+    curves: str = typer.Option(
+        None, "--curves", help="x-range START:END of the curves (default: the whole response)."
+    ),
+    model: str = typer.Option(None, "--model", "-m", help="Recompute maps the record lacks with this model."),
+    device: str = DeviceOpt,
+    dpi: int = typer.Option(200, "--dpi", help="Resolution of a .png."),
+) -> None:
+    """Render one trace as a static figure (matplotlib): maps, curves with peaks, head picture."""
+    from .figure import check_out, parse_range, pick, trace_figure
+    from .report import load_records, parse_span
+
+    check_out(out)
+    if dpi < 10:
+        raise AttnRhythmError(f"bad --dpi {dpi}: use e.g. 150-300")
+    recs = load_records(records)
+    record = pick(recs, index, str(records))
+    parse_span(span)
+    parse_range(curves)
+    lm = tokenizer = None
+    if model is not None:
+        lm, tokenizer = _load(model, device)
+    fig = trace_figure(record, span, model=lm, tokenizer=tokenizer, curves=curves)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    console.print(f"wrote {out}", highlight=False)
+
+
 def _load(model: str, device: str):
     from .models import load_model
 
