@@ -121,6 +121,9 @@ def analyze(
     receivers: int = typer.Option(
         None, "--receivers", help="Receiver heads to keep (default: as many as global heads; 0: off)."
     ),
+    report: Path = typer.Option(
+        None, "--report", help="Also write an offline HTML report of all records in --out to this file."
+    ),
 ) -> None:
     """Analyse prompt+response traces: head spans and classes, WAAD, FAI, entropy, roles, gamma."""
     from .records import InputItem, read_inputs
@@ -172,6 +175,12 @@ def analyze(
         console.print(f"[red]skipped[/red] {err}", highlight=False)
     resumed = f" ({summary.resumed} already there)" if summary.resumed else ""
     console.print(f"wrote {summary.written} record(s) to {out}{resumed}", highlight=False)
+    if report is not None and out.exists():
+        from .records import read_records
+        from .report import write_report
+
+        write_report(read_records(out), report, span=save_maps)
+        console.print(f"report: {report}", highlight=False)
     if summary.errors:
         raise typer.Exit(1)
 
