@@ -1,0 +1,48 @@
+"""GRPO training with attention-rhythm credit (METHOD.md section 5) on top of TRL.
+
+Needs the ``train`` extra (``pip install 'attnrhythm[train]'``: TRL 1.16, accelerate, datasets)::
+
+    from trl import GRPOConfig
+    from attnrhythm.train import RhythmCreditConfig, RhythmGRPOTrainer, task_reward_func
+    from attnrhythm.tasks import get_task
+
+    task = get_task("countdown")
+    trainer = RhythmGRPOTrainer(
+        model,
+        reward_funcs=task_reward_func(task),
+        args=GRPOConfig(output_dir="out", learning_rate=1e-6, beta=0.0),
+        train_dataset=datasets.Dataset.from_list(task.examples(1000)),
+        processing_class=tokenizer,
+        rhythm=RhythmCreditConfig(strategy="coupled"),
+    )
+    trainer.train()
+
+``RhythmCreditConfig``, ``rollout_gamma`` and ``task_reward_func`` import without TRL; the
+trainer class is loaded on first access.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import RhythmCreditConfig
+from .rewards import completion_text, task_reward_func
+from .shaping import ROLE_NAMES, RolloutCredit, rollout_gamma
+
+__all__ = [
+    "ROLE_NAMES",
+    "RhythmCreditConfig",
+    "RhythmGRPOTrainer",
+    "RolloutCredit",
+    "completion_text",
+    "rollout_gamma",
+    "task_reward_func",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RhythmGRPOTrainer":
+        from .credit_trainer import RhythmGRPOTrainer
+
+        return RhythmGRPOTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,86 @@
+"""Configuration of the attention-rhythm credit used during GRPO training (no TRL needed here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..analyze import AnalysisConfig
+from ..credit import STRATEGIES, CreditConfig
+from ..errors import AttnRhythmError
+from ..rhythm import parse_horizon
+
+
+@dataclass
+class RhythmCreditConfig:
+    """How :class:`RhythmGRPOTrainer` turns a policy's attention into per-token credit.
+
+    Attributes:
+        strategy: one of ``none``, ``random``, ``entropy``, ``local``, ``global``, ``coupled``
+            (METHOD.md section 5). ``none`` is plain GRPO: no credit forward at all.
+        q, amp, alpha, k, tau_waad, tau_delta, selection, seed: the fields of
+            :class:`~attnrhythm.credit.CreditConfig` (``selection="bottom"`` is the ablation;
+            ``seed`` seeds the random baseline, which draws a fresh subset per sequence).
+        layers, window, fai_horizon, head_quantile: the analysis parameters of
+            :class:`~attnrhythm.analyze.AnalysisConfig` (METHOD.md sections 1-3).
+        tile_size, logits_chunk: memory knobs of the streaming capture.
+        batch_size: sequences per credit forward pass (the batch is cut into chunks of this size).
+    """
+
+    strategy: str = "coupled"
+    # CreditConfig
+    q: float = 0.4
+    amp: float = 1.5
+    alpha: float = 0.5
+    k: int = 3
+    tau_waad: float | None = None
+    tau_delta: float | None = None
+    selection: str = "top"
+    seed: int = 0
+    # AnalysisConfig
+    layers: str | list[int] = "mid5"
+    window: int = 10
+    fai_horizon: str | tuple[int, int | None] = (10, 50)
+    head_quantile: float = 0.3
+    tile_size: int | None = None
+    logits_chunk: int = 256
+    # the credit forward
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise AttnRhythmError(
+                f"unknown credit strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}"
+            )
+        if self.batch_size < 1:
+            raise AttnRhythmError(f"bad credit batch size {self.batch_size}: it must be >= 1")
+        if not 0 < self.head_quantile <= 0.5:
+            raise AttnRhythmError(f"bad head quantile {self.head_quantile}: it must be in (0, 0.5]")
+        self.fai_horizon = parse_horizon(self.fai_horizon)
+        # validate the rest by building the configs once
+        self.credit_config()
+        self.analysis_config()
+
+    def credit_config(self) -> CreditConfig:
+        return CreditConfig(
+            q=self.q,
+            amp=self.amp,
+            alpha=self.alpha,
+            k=self.k,
+            tau_waad=self.tau_waad,
+            tau_delta=self.tau_delta,
+            selection=self.selection,
+            seed=self.seed,
+        )
+
+    def analysis_config(self) -> AnalysisConfig:
+        # receiver heads are a study-only metric: receiver_count=0 keeps them out of the credit forward
+        return AnalysisConfig(
+            layers=self.layers,
+            window=self.window,
+            fai_horizon=self.fai_horizon,
+            head_quantile=self.head_quantile,
+            credit=self.credit_config(),
+            tile_size=self.tile_size,
+            logits_chunk=self.logits_chunk,
+            receiver_count=0,
+        )
