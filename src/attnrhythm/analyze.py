@@ -35,8 +35,7 @@ from .rhythm import (
     round_half_up,
     waad,
 )
-
-SCHEMA_VERSION = 1
+from .schema import SCHEMA_VERSION, parse_span
 
 
 @dataclass
@@ -92,28 +91,6 @@ class TraceInput:
                 f"prompt+response has {len(self.input_ids)} tokens, more than the model's context of "
                 f"{max_len}: shorten the input or use a model with a longer context"
             )
-
-
-MAX_MAP_SPAN = 512
-
-
-def parse_span(spec: str | tuple[int, int]) -> tuple[int, int]:
-    """``START:END`` (response-relative, END exclusive, at most 512 tokens) -> (start, end)."""
-    if isinstance(spec, tuple):
-        start, end = spec
-    else:
-        try:
-            a, b = spec.split(":")
-            start, end = int(a), int(b)
-        except ValueError:
-            raise AttnRhythmError(f"bad span {spec!r}: write START:END with integers, e.g. 0:128") from None
-    if start < 0 or end <= start:
-        raise AttnRhythmError(f"bad span {start}:{end}: need 0 <= START < END")
-    if end - start > MAX_MAP_SPAN:
-        raise AttnRhythmError(
-            f"span {start}:{end} has {end - start} tokens: at most {MAX_MAP_SPAN} are allowed"
-        )
-    return int(start), int(end)
 
 
 def clip_span(span: tuple[int, int], n_response: int) -> tuple[int, int]:

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from .errors import AttnRhythmError
+from .schema import SCHEMA_VERSION
+from .schema import parse_span as _parse_span
 
-SCHEMA_VERSION = 1
-MAX_SPAN = 512
 DEFAULT_SPAN = 128
 ROLES = ("preplan", "anchor", "dominated", "intro")
 
@@ -146,8 +146,10 @@ def check_record(record: Any, i: int = 0, source: str | None = None) -> None:
     if not isinstance(layers, list) or not isinstance(heads, dict):
         raise missing("layers/heads")
     distance = heads.get("distance")
-    if not isinstance(distance, list) or len(distance) != len(layers) or not all(
-        isinstance(row, list) for row in distance
+    if (
+        not isinstance(distance, list)
+        or len(distance) != len(layers)
+        or not all(isinstance(row, list) for row in distance)
     ):
         raise missing("heads.distance")
     for name in ("local", "global"):
@@ -167,28 +169,8 @@ def check_record(record: Any, i: int = 0, source: str | None = None) -> None:
 
 
 def parse_span(spec: str | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
-    """``START:END`` (response-relative, END exclusive, at most 512 tokens) -> (start, end)."""
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        try:
-            a, b = spec.split(":")
-            start, end = int(a), int(b)
-        except ValueError:
-            raise AttnRhythmError(f"bad --span {spec!r}: write START:END with integers, e.g. 0:128") from None
-    else:
-        try:
-            start, end = (int(x) for x in spec)
-        except (TypeError, ValueError):
-            raise AttnRhythmError(f"bad span {spec!r}: give (start, end) integers, e.g. (0, 128)") from None
-    if start < 0 or end <= start:
-        raise AttnRhythmError(f"bad --span {start}:{end}: need 0 <= START < END")
-    if end - start > MAX_SPAN:
-        raise AttnRhythmError(
-            f"--span {start}:{end} has {end - start} tokens: at most {MAX_SPAN} are allowed "
-            f"(e.g. {start}:{start + MAX_SPAN})"
-        )
-    return start, end
+    """The span parser of :mod:`schema`, letting None (no span asked) through."""
+    return None if spec is None else _parse_span(spec)
 
 
 def fit_span(span: tuple[int, int], n: int) -> tuple[int, int] | None:
@@ -278,8 +260,10 @@ def check_span_fits(records: list[dict[str, Any]], span: tuple[int, int] | None)
         return
     lengths = [n_response(r) for r in records]
     if not any(fit_span(span, n) is not None for n in lengths):
-        which = f"the response ({lengths[0]} tokens)" if len(lengths) == 1 else (
-            f"every response (the longest has {max(lengths)} tokens)"
+        which = (
+            f"the response ({lengths[0]} tokens)"
+            if len(lengths) == 1
+            else (f"every response (the longest has {max(lengths)} tokens)")
         )
         raise AttnRhythmError(
             f"--span {span[0]}:{span[1]} is outside {which}: pick START < {max(lengths) - 1}"
@@ -525,8 +509,12 @@ def index_payload(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
     for field in ("reward", "answer"):
         if has[field]:
             columns.append({"key": field, "label": field, "kind": "num" if _numeric(rows, field) else "text"})
-    for name, label in (("preplan", "preplan"), ("anchor", "anchor"), ("dominated", "dominated"),
-                        ("intro", "intro")):
+    for name, label in (
+        ("preplan", "preplan"),
+        ("anchor", "anchor"),
+        ("dominated", "dominated"),
+        ("intro", "intro"),
+    ):
         columns.append(
             {"key": name, "label": label, "kind": "pct", "help": f"share of response tokens: {name}"}
         )
@@ -534,19 +522,40 @@ def index_payload(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
     for name, label in (("waad", "mean WAAD"), ("fai", "mean FAI"), ("entropy", "mean entropy")):
         columns.append({"key": name, "label": label, "kind": "num"})
     hists = []
-    for name, label, colour in (("waad", "WAAD", "#2f6fde"), ("fai", "FAI (global)", "#e07b00"),
-                                ("entropy", "entropy (nats)", "#8e44ad")):
+    for name, label, colour in (
+        ("waad", "WAAD", "#2f6fde"),
+        ("fai", "FAI (global)", "#e07b00"),
+        ("entropy", "entropy (nats)", "#8e44ad"),
+    ):
         if pooled[name]:
             edges, counts = _histogram(pooled[name], 40)
-            hists.append({"label": label + " per token", "unit": label, "count_of": "tokens",
-                          "edges": edges, "counts": counts, "color": colour})
+            hists.append(
+                {
+                    "label": label + " per token",
+                    "unit": label,
+                    "count_of": "tokens",
+                    "edges": edges,
+                    "counts": counts,
+                    "color": colour,
+                }
+            )
     per_trace = [
         ("response length", "tokens", [r["n"] for r in rows], "#5b6b85", True),
         ("anchor share per trace", "share of tokens", [r["frac"]["anchor"] for r in rows], "#f39c12", False),
-        ("dominated-anchor share per trace", "share of tokens", [r["frac"]["dominated"] for r in rows],
-         "#d0312d", False),
-        ("preplan share per trace", "share of tokens", [r["frac"]["preplan"] for r in rows],
-         "#2f6fde", False),
+        (
+            "dominated-anchor share per trace",
+            "share of tokens",
+            [r["frac"]["dominated"] for r in rows],
+            "#d0312d",
+            False,
+        ),
+        (
+            "preplan share per trace",
+            "share of tokens",
+            [r["frac"]["preplan"] for r in rows],
+            "#2f6fde",
+            False,
+        ),
     ]
     if has["reward"] and _numeric(rows, "reward"):
         per_trace.append(("reward", "reward", [r["reward"] for r in rows if "reward" in r], "#1e9b62", False))
@@ -554,8 +563,16 @@ def index_payload(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
         values = _defined(values)
         if values:
             edges, counts = _histogram(values, 20, integer)
-            hists.append({"label": label, "unit": unit, "count_of": "traces", "edges": edges,
-                          "counts": counts, "color": colour})
+            hists.append(
+                {
+                    "label": label,
+                    "unit": unit,
+                    "count_of": "traces",
+                    "edges": edges,
+                    "counts": counts,
+                    "color": colour,
+                }
+            )
     return {
         "title": f"attnrhythm report \u2014 {len(records)} trace{'s' if len(records) != 1 else ''}",
         "source": source,
