@@ -25,7 +25,7 @@ from .rhythm import (
     HeadClasses,
     classify_heads,
     delta,
-    entropy_from_logits,
+    entropy_from_log_probs,
     fai,
     find_roles,
     head_distance,
@@ -331,7 +331,7 @@ class Analyzer:
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
             lsm = torch.log_softmax(logits, dim=-1)
-            ent.append(entropy_from_logits(logits))
+            ent.append(entropy_from_log_probs(lsm))
             logp.append(lsm.gather(-1, ids[start + 1 : stop + 1, None])[:, 0])
         return torch.cat(ent).cpu(), torch.cat(logp).cpu()
 

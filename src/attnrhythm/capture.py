@@ -37,7 +37,7 @@ class Capture:
         window: W of WAAD.
         bands: column-reduction horizons (lo, hi), hi None for "to the end".
         row_weight: (B, N) weight of each query row in the column reductions.
-        tile_size: query rows per tile (None: automatic, a 64 MiB score block).
+        tile_size: query rows per tile (None: automatic, a 16 MiB score block).
         blocks: optional per-sequence (start, end) padded ranges whose square map block is kept.
         results: filled during the forward pass, layer index -> reductions.
     """

@@ -46,7 +46,7 @@ KOpt = typer.Option(3, "--k", help="Look-back (tokens) for the introductory toke
 TauWOpt = typer.Option(None, "--tau-waad", help="WAAD threshold for dominated anchors (default: median).")
 TauDOpt = typer.Option(None, "--tau-delta", help="Delta threshold for dominated anchors (default: median).")
 SelectionOpt = typer.Option("top", "--selection", help="top, or bottom for the ablation.")
-TileOpt = typer.Option(None, "--tile-size", help="Query rows per attention tile (default: a 64 MiB block).")
+TileOpt = typer.Option(None, "--tile-size", help="Query rows per attention tile (default: a 16 MiB block).")
 ChatOpt = typer.Option(True, "--chat/--no-chat", help="Wrap the prompt in the model's chat template.")
 
 

@@ -181,10 +181,14 @@ def receiver_heads(
     return sorted((i // n_heads, i % n_heads) for i in order[:count]), kurt
 
 
+def entropy_from_log_probs(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of a distribution given as log-probabilities along the last dimension."""
+    return -(logp.exp().mul_(logp)).sum(-1)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) along the last dimension, in float32 or better."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    return entropy_from_log_probs(torch.log_softmax(logits.float(), dim=-1))
 
 
 def delta(waad_values: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ class LayerReductions:
     blocks: list[torch.Tensor | None] | None = None  # per sequence: (H, S, S) map block, if asked
 
 
-def default_tile_size(batch: int, heads: int, length: int, budget_bytes: int = 64 * 2**20) -> int:
+def default_tile_size(batch: int, heads: int, length: int, budget_bytes: int = 16 * 2**20) -> int:
     """Largest tile (query rows) whose fp32 score block fits ``budget_bytes``; at least 16 rows."""
     per_row = max(1, batch * heads * length * 4)
     tile = budget_bytes // per_row
@@ -82,7 +82,7 @@ def tile_reductions(
         bands: list of (lo, hi) horizons for column reductions; hi None means "to the end".
         row_weight: (B, N) weights of query rows in the column reductions (1 for response
             tokens, 0 elsewhere).
-        tile_size: query rows per tile (default: a 64 MiB score block).
+        tile_size: query rows per tile (default: a 16 MiB score block).
         softcap: tanh soft-capping of scores (Gemma-2 style), if the model uses it.
         blocks: optional per-sequence (start, end) ranges in padded coordinates: the square
             map block A[start:end, start:end] of every head is kept (for plots of a window).
