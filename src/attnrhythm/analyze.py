@@ -378,7 +378,8 @@ class Analyzer:
             bottom=credit.selection == "bottom",
         )
         gammas = {
-            name: gamma(name, waad=w, fai=f, delta=dl, entropy=ent, config=credit) for name in STRATEGIES
+            name: gamma(name, waad=w, fai=f, delta=dl, entropy=ent, config=credit, roles=roles)
+            for name in STRATEGIES
         }
         maps = None
         first = capture.results[self.layers[0]]

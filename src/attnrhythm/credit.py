@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import AttnRhythmError
-from .rhythm import find_roles, top_q
+from .rhythm import Roles, find_roles, top_q
 
 STRATEGIES: tuple[str, ...] = ("none", "local", "global", "coupled", "entropy", "random")
 
@@ -60,8 +60,13 @@ def gamma(
     delta: torch.Tensor,
     entropy: torch.Tensor,
     config: CreditConfig = CreditConfig(),
+    roles: Roles | None = None,
 ) -> torch.Tensor:
-    """gamma_t of one response (float64, length n) for ``strategy`` (see STRATEGIES)."""
+    """gamma_t of one response (float64, length n) for ``strategy`` (see STRATEGIES).
+
+    ``roles``, when given, must come from :func:`find_roles` with this ``config``; it saves
+    recomputing them for each strategy.
+    """
     n = waad.shape[0]
     boost = config.amp - 1.0
     bottom = config.selection == "bottom"
@@ -71,7 +76,7 @@ def gamma(
         return 1.0 + boost * indicator(n, random_selection(n, config.q, config.seed))
     if strategy == "entropy":
         return 1.0 + boost * indicator(n, top_q(entropy, config.q, bottom=bottom))
-    roles = find_roles(
+    roles = roles or find_roles(
         waad,
         fai,
         delta,

@@ -95,10 +95,13 @@ def rollout_gamma(
         chunk = todo[start : start + batch_size]
         results = analyzer.analyze([trace for _, trace in chunk])
         for (b, _trace), res in zip(chunk, results):
-            cfg = credit
-            if strategy == "random":
+            if strategy == "random":  # a fresh subset per sequence, not the record's fixed seed
                 cfg = replace(credit, seed=sequence_seed(credit.seed, seed_base[0], seed_base[1], b))
-            g = gamma(strategy, waad=res.waad, fai=res.fai, delta=res.delta, entropy=res.entropy, config=cfg)
+                g = gamma(
+                    strategy, waad=res.waad, fai=res.fai, delta=res.delta, entropy=res.entropy, config=cfg
+                )
+            else:
+                g = res.gamma[strategy]  # computed by the analyzer with this same credit config
             n = g.shape[0]
             out[b, :n] = g.float()
             counts["analysed"] += 1
