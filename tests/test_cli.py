@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import one_error_line, run
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from attnrhythm.cli import main
 from attnrhythm.records import ResumableWriter, iter_jsonl
 
 PROMPT = "Tom has 3 boxes of 12 apples and gives away 10. How many are left?"
@@ -37,21 +37,6 @@ def tiny_dir(tmp_path_factory, embedded_dir) -> Path:
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exc.value.code or 0, captured.out, captured.err
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:"), err
-    return lines[0]
 
 
 def test_analyze_prompt_response_writes_record(capsys, tiny_dir, tmp_path):

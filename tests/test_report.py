@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import one_error_line, run
 
-from attnrhythm.cli import main
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.report import (
     _encode_map,
@@ -140,21 +140,6 @@ def write_jsonl(path: Path, records: list) -> Path:
 def data_blocks(page: str) -> dict[str, dict]:
     blocks = re.findall(r'<script type="application/json" id="([^"]+)">(.*?)</script>', page, flags=re.S)
     return {name: json.loads(body) for name, body in blocks}
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exc.value.code or 0, captured.out, captured.err
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:"), err
-    return lines[0]
 
 
 # ------------------------------------------------------------------ the page
