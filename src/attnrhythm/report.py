@@ -13,10 +13,10 @@ shares and distributions across traces; ``#trace-I`` (I = 0-based position in th
   record's ``maps``, or recomputed with a model through :func:`attnrhythm.analyze.compute_maps`);
 - the head picture: span d[l,h] per analysed layer and head, local/global/receiver marked.
 
-**Peaks** (report and figure alike, :func:`peaks`): position t is a peak of a curve x when
-x_t is defined, x_t is among the ceil(q * count) largest defined values (q = the record's
-``credit.q``, METHOD.md's TopQ; ties at the threshold count), x_t > x_{t-1} and
-x_t >= x_{t+1} (an undefined or missing neighbour does not block). So peaks are the local
+**Peaks** (report, figure and studies alike: :func:`attnrhythm.peaks.peaks`): position t is a
+peak of a curve x when x_t is defined, x_t is among the ceil(q * count) largest defined values
+(q = the record's ``credit.q``, METHOD.md's TopQ; ties at the threshold count), x_t > x_{t-1}
+and x_t >= x_{t+1} (an undefined or missing neighbour does not block). So peaks are the local
 maxima among the tokens TopQ would select.
 
 Numbers are rounded to 4 significant digits. Maps are stored as their causal lower triangle,
@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .errors import AttnRhythmError
+from .peaks import peaks
 from .schema import SCHEMA_VERSION
 from .schema import parse_span as _parse_span
 
@@ -299,25 +300,6 @@ def _defined(values: list[Any]) -> list[float]:
             if math.isfinite(f):
                 out.append(f)
     return out
-
-
-def peaks(values: list[Any], q: float = 0.4) -> tuple[list[int], float | None]:
-    """Peaks of a curve and the TopQ threshold: see the module docstring for the definition."""
-    vals = [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
-    defined = sorted((v for v in vals if v is not None), reverse=True)
-    if not defined:
-        return [], None
-    take = max(1, math.ceil(q * len(defined)))
-    threshold = defined[min(take, len(defined)) - 1]
-    out = []
-    for t, v in enumerate(vals):
-        if v is None or v < threshold:
-            continue
-        prev = vals[t - 1] if t > 0 else None
-        nxt = vals[t + 1] if t + 1 < len(vals) else None
-        if (prev is None or v > prev) and (nxt is None or v >= nxt):
-            out.append(t)
-    return out, threshold
 
 
 def record_q(record: dict[str, Any]) -> float:
