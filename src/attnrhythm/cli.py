@@ -16,6 +16,9 @@ try:  # typer >= 0.26 vendors its own click
 except ImportError:  # pragma: no cover - older typer with the separate click package
     from click import exceptions as click_exceptions
 
+# typer >= 0.26 has Abort in typer.exceptions; older click-based typer in click.exceptions
+_ABORT = getattr(typer, "Abort", None) or getattr(click_exceptions, "Abort", KeyboardInterrupt)
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -323,14 +326,21 @@ def main(argv: list[str] | None = None) -> None:
             soft_wrap=True,
         )
         sys.exit(2)
-    except click_exceptions.Exit as err:
+    except typer.Exit as err:
         sys.exit(err.exit_code)
-    except click_exceptions.Abort:
+    except _ABORT:
         console.print("aborted", highlight=False)
         sys.exit(130)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
 
+
+# sub-commands in their own modules (they read the shared options above)
+from .cli_study import register as _register_study  # noqa: E402
+from .cli_train import register as _register_train  # noqa: E402
+
+_register_study(app)
+_register_train(app)
 
 if __name__ == "__main__":
     main()

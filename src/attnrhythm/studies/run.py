@@ -1,0 +1,217 @@
+"""Running a study end to end: sample responses, analyse them, measure, write the files.
+
+Output directory layout (``--out DIR``):
+
+* ``settings.json`` -- what the responses depend on (model, problem source, seed, sampling
+  and analysis parameters). A rerun into the same directory must match it, so a resumed run
+  never mixes responses from two configurations; ``--n`` may grow between runs.
+* ``records.jsonl`` -- one analysis record per sampled response (the ``attnrhythm analyze``
+  schema, plus ``answer`` and ``correct``); written through the resumable atomic writer.
+* ``trials.jsonl`` (perturb) -- one trial per response, resumable the same way.
+* ``results.json``, ``results.md``, ``couplings.png`` / ``perturb.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..analyze import AnalysisConfig
+from ..errors import AttnRhythmError
+from ..records import InputItem, ResumableWriter, read_records
+from ..runner import GenerationConfig, analyze_items
+from ..tasks import math_reward
+from .couplings import PeakSpec, TraceSeries, couplings
+from .outputs import (
+    couplings_markdown,
+    couplings_plot,
+    perturb_markdown,
+    perturb_plot,
+    write_json_atomic,
+    write_text_atomic,
+)
+from .perturb import PerturbConfig, perturb_record, summarise_trials
+from .problems import load_problems
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class SampleConfig:
+    """How study responses are produced."""
+
+    problems: str = "builtin"
+    n: int = 70
+    seed: int = 0
+    temperature: float = 0.7
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    chat: bool = True
+
+
+def _settings(model_name: str, sample: SampleConfig, analysis: AnalysisConfig) -> dict[str, Any]:
+    lo, hi = analysis.fai_horizon  # type: ignore[misc]
+    return {
+        "model": model_name,
+        "problems": sample.problems,
+        "seed": sample.seed,
+        "temperature": sample.temperature,
+        "max_new_tokens": sample.max_new_tokens,
+        "chat": sample.chat,
+        "layers": analysis.layers if isinstance(analysis.layers, str) else list(analysis.layers),
+        "window": analysis.window,
+        "fai_horizon": [lo, hi],
+        "head_quantile": analysis.head_quantile,
+        "proximity": analysis.proximity,
+        "receiver_count": analysis.receiver_count,
+    }
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    path = out / "settings.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            old = None
+        if old != settings:
+            changed = sorted(k for k in settings if not isinstance(old, dict) or old.get(k) != settings[k])
+            raise AttnRhythmError(
+                f"{out} holds a study run with other settings ({', '.join(changed) or 'unreadable'}): "
+                "use another --out or delete that directory"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, settings)
+
+
+def sampled_records(
+    model: Any,
+    tokenizer: Any,
+    model_name: str,
+    sample: SampleConfig,
+    analysis: AnalysisConfig,
+    out: Path,
+    progress: Progress | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Sample one response per problem at ``sample.temperature``, analyse each (resumable), and
+    return the records of this run's problems (in problem order) with the skipped-line errors."""
+    if sample.batch_size < 1:
+        raise AttnRhythmError(f"bad --batch-size {sample.batch_size}: it must be >= 1")
+    if analysis.receiver_count == 0:
+        raise AttnRhythmError("the studies need receiver heads: give --receivers > 0 or leave it unset")
+    problems = load_problems(sample.problems, sample.n, sample.seed)
+    _check_settings(out, _settings(model_name, sample, analysis))
+    items = [InputItem(i + 1, dict(p)) for i, p in enumerate(problems)]
+    summary = analyze_items(
+        items,
+        model,
+        tokenizer,
+        analysis,
+        out=out / "records.jsonl",
+        batch_size=sample.batch_size,
+        chat=sample.chat,
+        generation=GenerationConfig(
+            max_new_tokens=sample.max_new_tokens, temperature=sample.temperature, seed=sample.seed
+        ),
+        on_progress=(lambda done, total: progress("sampling + analysing", done, total)) if progress else None,
+    )
+    by_key = {str(r.get("key")): r for r in read_records(out / "records.jsonl")}
+    records = []
+    for p in problems:
+        record = by_key.get(p["id"])
+        if record is not None:
+            record["correct"] = math_reward(record.get("response", ""), p["answer"], boxed_only=False) == 1.0
+            records.append(record)
+    return records, summary.errors
+
+
+def check_records(records: list[dict[str, Any]], source: Path | str) -> None:
+    """One-line error unless every record has what the studies read (from attnrhythm analyze)."""
+    for i, r in enumerate(records, 1):
+        missing = [k for k in ("input_ids", "response_start", "metrics") if k not in r]
+        if missing:
+            raise AttnRhythmError(
+                f"record {i} of {source} has no {', '.join(missing)}: "
+                "pass records written by attnrhythm analyze"
+            )
+
+
+def run_meta(model_name: str, sample: SampleConfig | None, records: list[dict[str, Any]]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"model": model_name, "responses": len(records)}
+    if sample is not None:
+        meta.update(problems=sample.problems, seed=sample.seed, temperature=sample.temperature,
+                    max_new_tokens=sample.max_new_tokens, n=sample.n)  # fmt: skip
+    correct = [r["correct"] for r in records if "correct" in r]
+    if correct:
+        meta["accuracy"] = sum(correct) / len(correct)
+    lengths = [len(r["input_ids"]) - int(r["response_start"]) for r in records]
+    if lengths:
+        meta["mean_response_tokens"] = sum(lengths) / len(lengths)
+    return meta
+
+
+def run_couplings(
+    records: list[dict[str, Any]],
+    out: Path,
+    *,
+    spec: PeakSpec,
+    permutations: int = 2000,
+    bootstrap: int = 2000,
+    seed: int = 0,
+    run: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Measure the three couplings on analysed records and write results.json/.md/couplings.png."""
+    traces = [TraceSeries.from_record(r) for r in records]
+    results = couplings(traces, spec, permutations=permutations, bootstrap=bootstrap, seed=seed)
+    results["run"] = run or {}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "results.md", couplings_markdown(results))
+    couplings_plot(results, out / "couplings.png")
+    return results
+
+
+def run_perturb(
+    model: Any,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    out: Path,
+    *,
+    config: PerturbConfig,
+    bootstrap: int = 2000,
+    seed: int = 0,
+    run: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """One perturbation trial per record (resumable, ``trials.jsonl``), then the summary files."""
+    out.mkdir(parents=True, exist_ok=True)
+    keys = [str(r.get("key", r.get("id"))) for r in records]
+    with ResumableWriter(out / "trials.jsonl") as writer:
+        todo = [(k, r) for k, r in zip(keys, records) if not writer.done(k)]
+        done = len(records) - len(todo)
+        if progress:
+            progress("perturbing", done, len(records))
+        for key, record in todo:
+            trial = perturb_record(model, tokenizer, {**record, "key": key}, config)
+            writer.write(trial)
+            done += 1
+            if progress:
+                progress("perturbing", done, len(records))
+    by_key = {str(t["key"]): t for t in read_records(out / "trials.jsonl")}
+    trials = [by_key[k] for k in keys if k in by_key]
+    results = {
+        "config": asdict(config),
+        "summary": summarise_trials(trials, bootstrap=bootstrap, seed=seed),
+        "run": run or {},
+    }
+    write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "results.md", perturb_markdown(results))
+    perturb_plot(results, trials, out / "perturb.png")
+    return results
+
+
+
