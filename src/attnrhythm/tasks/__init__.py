@@ -9,8 +9,9 @@ Every task has a ``name``, ``examples(n, seed)`` returning dicts with ``id`` and
     task.reward("<answer> (3 + 5) * 2 </answer>", batch[0])
 
 Tasks: ``countdown`` (TinyZero protocol, see :mod:`.countdown`), ``wordproblems`` (built-in
-generator, :mod:`.wordproblems`) and ``math`` (a JSONL file or a cached Hugging Face dataset,
-checked with :mod:`.mathcheck`).
+generator, :mod:`.wordproblems`), ``arithmetic`` (short integer expressions with a boxed answer,
+an easy task for small models, :mod:`.arithmetic`) and ``math`` (a JSONL file or a cached
+Hugging Face dataset, checked with :mod:`.mathcheck`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import AttnRhythmError
+from .arithmetic import ArithmeticTask
 from .countdown import (
     CountdownInstance,
     ExpressionError,
@@ -194,7 +196,12 @@ class MathTask:
         return math_reward(completion, _field(example, "answer", self.name), boxed_only=self.boxed_only)
 
 
-TASKS: dict[str, type] = {"countdown": CountdownTask, "wordproblems": WordProblemTask, "math": MathTask}
+TASKS: dict[str, type] = {
+    "arithmetic": ArithmeticTask,
+    "countdown": CountdownTask,
+    "wordproblems": WordProblemTask,
+    "math": MathTask,
+}
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
@@ -216,6 +223,7 @@ def get_task(name: str, **kwargs: Any) -> Task:
 __all__ = [
     "BOXED_INSTRUCTION",
     "TASKS",
+    "ArithmeticTask",
     "CountdownInstance",
     "CountdownTask",
     "ExpressionError",
