@@ -535,13 +535,37 @@ def test_load_hf_task_not_cached(monkeypatch):
 
 
 def test_registry_and_errors():
-    assert set(TASKS) == {"countdown", "wordproblems", "math"}
-    with pytest.raises(AttnRhythmError, match="unknown task 'gsm'.*countdown, math, wordproblems"):
+    assert set(TASKS) == {"arithmetic", "countdown", "wordproblems", "math"}
+    with pytest.raises(AttnRhythmError, match="unknown task 'gsm'.*arithmetic, countdown, math, word"):
         get_task("gsm")
     with pytest.raises(AttnRhythmError, match="no option colour"):
         get_task("countdown", colour="red")
     with pytest.raises(AttnRhythmError, match="needs source="):
         get_task("math")
+
+
+def test_arithmetic_task():
+    task = get_task("arithmetic", n_terms=(2, 4), max_operand=12, ops="+-*")
+    assert isinstance(task, Task) and task.name == "arithmetic"
+    batch = task.examples(50, seed=2)
+    assert batch == task.examples(50, seed=2) and len({ex["prompt"] for ex in batch}) == 50
+    for ex in batch:
+        # Python's precedence is the task's: * before + and -, left to right
+        assert int(ex["answer"]) == eval(ex["expression"])  # noqa: S307 - digits and + - * only
+        assert task.reward(f"so \\boxed{{{ex['answer']}}}", ex) == 1.0
+        assert task.reward(f"the answer is {ex['answer']}", ex) == 0.0  # boxed only by default
+        assert task.reward(f"\\boxed{{{int(ex['answer']) + 1}}}", ex) == 0.0
+    loose = get_task("arithmetic", max_operand=9, ops="+", boxed_only=False)
+    ex = loose.examples(1, seed=0)[0]
+    assert loose.reward(f"{ex['expression']} = {ex['answer']}", ex) == 1.0
+    assert loose.reward(f"{ex['expression']} = {int(ex['answer']) + 1}", ex) == 0.0
+    assert len(loose.examples(81, seed=3)) == 81  # every single-digit sum
+    with pytest.raises(AttnRhythmError, match="distinct"):
+        loose.examples(82)
+    with pytest.raises(AttnRhythmError, match="ops"):
+        get_task("arithmetic", ops="/")
+    with pytest.raises(AttnRhythmError, match="n_terms"):
+        get_task("arithmetic", n_terms=(1, 2))
 
 
 def test_countdown_task():
