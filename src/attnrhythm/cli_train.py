@@ -231,7 +231,7 @@ def register(app: typer.Typer) -> None:
             )
         result["model"] = model
         table = Table(title=f"{task_obj.name}: {result['n']} held-out problems (eval seed {eval_seed})")
-        for column in ("pass@1", f"avg@{samples}", f"pass@{samples}", "mean reward"):
+        for column in ("pass@1 (greedy)", f"avg@{samples}", f"pass@{samples} (sampled)", "mean reward"):
             table.add_column(column, justify="right")
 
         def fmt(value: float | None) -> str:
