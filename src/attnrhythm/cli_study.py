@@ -45,7 +45,7 @@ def _prepare(
     """(model, tokenizer, records, run metadata) from --records or by sampling (resumable)."""
     from .analyze import AnalysisConfig
     from .records import read_records
-    from .studies.run import SampleConfig, check_records, run_meta, sampled_records
+    from .studies.run import SampleConfig, check_records, run_meta, sampled_records, sampling_settings
 
     cli = _opts()
     analysis = AnalysisConfig(
@@ -68,7 +68,9 @@ def _prepare(
         check_records(recs, records)
         if need_model:
             lm, tokenizer = cli._load(model, device)
-        return lm, tokenizer, recs, run_meta(model if need_model else "from records", None, recs)
+        meta = run_meta(model if need_model else "from records", None, recs)
+        meta.update(records=str(records), **sampling_settings(Path(records).parent))
+        return lm, tokenizer, recs, meta
     lm, tokenizer = cli._load(model, device)
     with cli._progress() as progress:
         tasks: dict[str, int] = {}

@@ -131,7 +131,8 @@ def couplings_plot(results: dict[str, Any], path: Path) -> None:
         ax.bar(i + 0.18, 100 * r["paper"]["lift"], 0.34, color="#c8c8c8", label="paper" if i == 0 else None)
         p = r.get("p_value")
         if p is not None and math.isfinite(ours):
-            ax.annotate(f"p={p:.3g}", (i - 0.18, 100 * ours), textcoords="offset points", xytext=(0, 4),
+            top = max(ours, ci[1]) if ci else ours
+            ax.annotate(f"p={p:.3g}", (i - 0.18, 100 * top), textcoords="offset points", xytext=(0, 4),
                         ha="center", fontsize=7)  # fmt: skip
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(COUPLINGS)), names, fontsize=8)

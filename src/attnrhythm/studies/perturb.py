@@ -118,13 +118,16 @@ def _next_token_candidates(model: Any, prefixes: list[list[int]], pad_id: int) -
         ids[b, length - len(p) :] = torch.tensor(p)
         mask[b, length - len(p) :] = 1
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
-    out = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=position_ids.to(device),
-        use_cache=False,
-        logits_to_keep=1,
-    )
+    inputs = {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": position_ids.to(device),
+        "use_cache": False,
+    }
+    try:
+        out = model(**inputs, logits_to_keep=1)
+    except TypeError:  # models without logits_to_keep compute every position's logits
+        out = model(**inputs)
     return torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
 
 

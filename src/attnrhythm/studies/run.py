@@ -129,6 +129,17 @@ def sampled_records(
     return records, summary.errors
 
 
+def sampling_settings(directory: Path) -> dict[str, Any]:
+    """Model, problems and sampling parameters of a study directory's responses ({} if unknown)."""
+    path = directory / "settings.json"
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    keys = ("model", "problems", "seed", "temperature", "max_new_tokens")
+    return {k: settings[k] for k in keys if k in settings} if isinstance(settings, dict) else {}
+
+
 def check_records(records: list[dict[str, Any]], source: Path | str) -> None:
     """One-line error unless every record has what the studies read (from attnrhythm analyze)."""
     for i, r in enumerate(records, 1):
