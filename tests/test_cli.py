@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from cli_helpers import one_error_line, run
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from cli_helpers import one_error_line, run, save_tiny_llama
 
 from attnrhythm.records import ResumableWriter, iter_jsonl
 
@@ -19,24 +17,7 @@ RESPONSE = "3 boxes times 12 apples is 36 apples. 36 minus 10 is 26. The answer 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, embedded_dir) -> Path:
     """A tiny random Llama with the embedded model's tokenizer, saved as a local checkpoint."""
-    tok = AutoTokenizer.from_pretrained(embedded_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=160,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), embedded_dir, max_position_embeddings=160)
 
 
 def test_analyze_prompt_response_writes_record(capsys, tiny_dir, tmp_path):

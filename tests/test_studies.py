@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import one_error_line, run
+from cli_helpers import one_error_line, run, save_tiny_llama
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.peaks import peaks
@@ -273,25 +272,8 @@ def test_bad_perturb_config(kwargs):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, embedded_dir) -> Path:
-    tok = AutoTokenizer.from_pretrained(embedded_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.5,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
     path = tmp_path_factory.mktemp("tiny-study")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_llama(path, embedded_dir, max_position_embeddings=1024, initializer_range=0.5)
 
 
 def test_perturb_record_on_tiny_model(tiny_dir):

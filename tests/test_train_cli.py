@@ -16,8 +16,8 @@ import torch
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
 
-from cli_helpers import one_error_line, run  # noqa: E402
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from cli_helpers import one_error_line, run, save_tiny_llama  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 from attnrhythm.errors import AttnRhythmError  # noqa: E402
 from attnrhythm.tasks import get_task  # noqa: E402
@@ -66,26 +66,10 @@ rhythm_options:
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, embedded_dir) -> Path:
     """A tiny random Llama with the embedded tokenizer saved beside it."""
-    tok = AutoTokenizer.from_pretrained(embedded_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.5,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_llama(
+        tmp_path_factory.mktemp("tiny-llama"), embedded_dir,
+        num_hidden_layers=2, max_position_embeddings=512, initializer_range=0.5, tie_word_embeddings=True,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
