@@ -36,6 +36,7 @@ from .rhythm import (
     waad,
 )
 from .schema import SCHEMA_VERSION, parse_span
+from .sharding import full_parameters
 
 
 @dataclass
@@ -255,9 +256,18 @@ class Analyzer:
     # -- the forward pass -------------------------------------------------------------
     @torch.no_grad()
     def analyze(self, traces: list[TraceInput]) -> list[TraceResult]:
-        """Analyse a batch in one forward pass (all traces must be valid: see TraceInput.check)."""
+        """Analyse a batch in one forward pass (all traces must be valid: see TraceInput.check).
+
+        On an FSDP2-sharded model the parameters the analysis needs outside the layers' own
+        forwards are gathered for the call and resharded after it (:mod:`attnrhythm.sharding`);
+        like any FSDP forward, every rank must then call it the same number of times.
+        """
         for trace in traces:
             trace.check(self.max_len)
+        with full_parameters(self.model):
+            return self._analyze(traces)
+
+    def _analyze(self, traces: list[TraceInput]) -> list[TraceResult]:
         model = self.model
         device = next(model.parameters()).device
         length = max(len(t.input_ids) for t in traces)

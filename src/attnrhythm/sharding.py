@@ -1,0 +1,63 @@
+"""Full parameters for the analysis forward on sharded models (PyTorch FSDP2).
+
+The analysis calls ``model.base_model(...)`` and then the LM head on its own, so the root
+module's own forward never runs. Under FSDP2 (``torch.distributed.fsdp.fully_shard``) the
+parameters that belong to the root (embeddings, final norm, LM head) are all-gathered by the
+root's forward pre-hook; skipped, they stay sharded DTensors and the embedding fails. The
+sub-modules that are called (the decoder layers) keep gathering their own parameters through
+their hooks as usual.
+
+:func:`full_parameters` unshards every FSDP2 module the analysis bypasses for the duration of
+the block and reshards it afterwards, so callers never have to. Outside FSDP2 it does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+try:  # torch >= 2.6
+    from torch.distributed.fsdp import FSDPModule
+except ImportError:  # pragma: no cover - older torch without FSDP2 in the public namespace
+    FSDPModule = None  # type: ignore[assignment,misc]
+
+
+def bypassed_fsdp_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """FSDP2 modules whose forward the analysis skips but whose parameters it uses.
+
+    That is the model itself (its forward is replaced by ``base_model`` + the LM head) and every
+    FSDP2 module on the path from the model to the LM head other than the head itself, which is
+    called directly and so gathers its own parameters.
+    """
+    if FSDPModule is None:
+        return []
+    found = [model] if isinstance(model, FSDPModule) else []
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return found
+    for name, module in model.named_modules():
+        if module is model or module is head or not isinstance(module, FSDPModule):
+            continue
+        if any(sub is head for sub in module.modules()) and module not in found:
+            found.append(module)
+    return found
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True when ``model`` or one of its sub-modules is managed by FSDP2."""
+    return FSDPModule is not None and any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+@contextmanager
+def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Unshard the FSDP2 modules the analysis bypasses, reshard them on exit (no-op otherwise)."""
+    modules = bypassed_fsdp_modules(model)
+    for module in modules:
+        module.unshard()
+    try:
+        yield model
+    finally:
+        for module in reversed(modules):
+            module.reshard()
