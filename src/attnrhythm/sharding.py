@@ -37,7 +37,7 @@ def bypassed_fsdp_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
         return found
-    for name, module in model.named_modules():
+    for module in model.modules():
         if module is model or module is head or not isinstance(module, FSDPModule):
             continue
         if any(sub is head for sub in module.modules()) and module not in found:
