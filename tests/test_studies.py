@@ -428,7 +428,8 @@ def test_study_cli_on_reasoning_gym_problems(capsys, tiny_dir, tmp_path):
     out = tmp_path / "rg"
     code, _, err = run(
         capsys, "study", "couplings", "--model", tiny_dir, "--problems", "rg:gsm_symbolic", "--n", "2",
-        "--max-new-tokens", "30", "--batch-size", "2", "--permutations", "20", "--bootstrap", "20", "--out", out,
+        "--max-new-tokens", "30", "--batch-size", "2", "--permutations", "20", "--bootstrap", "20",
+        "--out", out,
     )  # fmt: skip
     assert code == 0, err
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]

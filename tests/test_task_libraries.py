@@ -10,7 +10,7 @@ import reasoning_gym
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.tasks import GymTask, MathTask, Task, get_task
 from attnrhythm.tasks import mathcheck as mc
-from attnrhythm.tasks.gym import BLOCK, TAGS_INSTRUCTION, parse_spec
+from attnrhythm.tasks.gym import BLOCK, TAGS_INSTRUCTION, evaluates_answers, inert, parse_spec
 from attnrhythm.tasks.mathcheck import answers_match, math_reward, symbolic_match
 from attnrhythm.train.evaluate import EVAL_SEED
 
@@ -106,7 +106,8 @@ def test_rg_countdown_scores_with_its_own_rules():
 def test_training_and_heldout_seeds_never_share_items():
     task = get_task(SMALL_SUMS)
     train, held = task.examples(40, seed=0), task.examples(40, seed=EVAL_SEED)
-    assert {ex["rg_seed"] for ex in train} == {0} and {ex["rg_seed"] for ex in held} == {(EVAL_SEED % 4096) * BLOCK}
+    assert {ex["rg_seed"] for ex in train} == {0}
+    assert {ex["rg_seed"] for ex in held} == {(EVAL_SEED % 4096) * BLOCK}
     # nearby seeds are whole blocks apart, not the shifted copy reasoning-gym's seed + index gives
     assert task.examples(5, seed=1)[0]["rg_seed"] == BLOCK
     assert [ex["question"] for ex in task.examples(5, seed=1)] != [ex["question"] for ex in train[1:6]]
@@ -208,3 +209,53 @@ def test_long_answers_are_not_handed_to_math_verify():
     long = "+".join(["x"] * 200)
     assert symbolic_match(long, long[::-1]) is False
     assert answers_match(long, long)  # equal text still matches
+
+
+# ============================================================================================
+# the guard for scorers that evaluate answers as Python
+
+
+def test_scorers_that_evaluate_answers_are_found():
+    flagged = {name for name, (cls, _) in reasoning_gym.factory.DATASETS.items() if evaluates_answers(cls)}
+    assert {"countdown", "puzzle24", "simple_integration", "spiral_matrix", "n_queens"} <= flagged
+    assert "gsm_symbolic" not in flagged and "chain_sum" not in flagged
+    assert get_task("rg:countdown").guarded and not get_task("rg:gsm_symbolic").guarded
+
+
+@pytest.mark.parametrize(
+    ("answer", "ok"),
+    [
+        ("6*(98 - 54) - 34 - 66", True),
+        ("x**3/3 + sin(x) + C", True),
+        ("x^2 + 2*x", True),
+        ("3*x**(1/2)", True),
+        ("[[0, 1], [1, 0]]", True),
+        ("['a', 'b']", True),
+        ("1 2 3\n4 5 6", True),  # not Python: nothing can run
+        ("open('f', 'w')", False),
+        ("().__class__", False),
+        ("os.system(1)", False),
+        ("getattr(x, y)", False),
+        ("9**9**9", False),
+        ("(9**99)**99", False),
+        ("'a'*10**9", False),
+        ("[0]*10**9", False),
+        ("1<<10**9", False),
+        ("99999999!", False),
+    ],
+)
+def test_inert(answer, ok):
+    assert inert(answer) is ok
+
+
+def test_guard_keeps_the_answer_from_running(tmp_path):
+    task = get_task("rg:countdown:min_numbers=3,max_numbers=3")
+    ex = task.examples(1, seed=0)[0]
+    marker = tmp_path / "ran"
+    attack = f"<answer>__import__('pathlib').Path({str(marker)!r}).write_text('x')</answer>"
+    assert task.reward(attack, ex) == task.reward("no answer at all", ex) < 1.0
+    assert not marker.exists()
+    # the library's own scorer does run it: the reason for the guard
+    dataset = task._build(ex["rg_seed"], ex["rg_size"])
+    dataset.score_answer(attack[8:-9], task.entry(ex))
+    assert marker.exists()

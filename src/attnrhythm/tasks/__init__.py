@@ -220,7 +220,8 @@ def get_task(name: str, **kwargs: Any) -> Task:
         return make_gym_task(name, **kwargs)
     if name not in TASKS:
         raise AttnRhythmError(
-            f"unknown task '{name}': choose one of {', '.join(sorted(TASKS))}, or rg:NAME for a reasoning-gym dataset"
+            f"unknown task '{name}': choose one of {', '.join(sorted(TASKS))}, "
+            "or rg:NAME for a reasoning-gym dataset"
         )
     cls = TASKS[name]
     params = [p for p in inspect.signature(cls).parameters]

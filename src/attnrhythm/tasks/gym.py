@@ -31,13 +31,28 @@ through a training dataset).  The answer string passed to it is taken from the r
 Rewards are the scorer's values in [0, 1] (some give partial credit, e.g. 0.01 for a wrong
 number on ``gsm_symbolic``); a completion is *correct* when its reward is 1.0.  A scorer that
 raises on a malformed answer scores 0.0 instead of ending a training run.
+
+Guard against scorers that run the answer as Python.  Some reasoning-gym scorers pass the
+model's answer to ``eval`` or to sympy's ``parse_expr`` (which calls ``eval``): in 0.1.25
+``countdown``, ``puzzle24``, ``simple_integration``, ``intermediate_integration``,
+``polynomial_multiplication``, ``binary_matrix``, ``spiral_matrix``, ``string_insertion`` and
+``n_queens`` -- an answer such as ``__import__('os').system(...)`` would run inside the trainer.
+For a dataset whose ``score_answer`` source calls one of those (:func:`evaluates_answers`; a
+scorer whose source cannot be read counts as one), an answer reaches the scorer only when
+:func:`inert` accepts it, else the scorer gets ``None`` (no answer).  ``inert`` accepts
+literals, names without a leading underscore, arithmetic and comparisons, lists/tuples/sets,
+and calls of the math functions in :data:`MATH_CALLS`; it refuses attribute access, other calls,
+``!`` (sympy's factorial), shifts, string or list repetition and towers of powers.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import importlib
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +70,90 @@ BOXED_INSTRUCTION = "Solve the problem step by step, then write the final answer
 ANSWER_FORMATS = ("tags", "boxed")
 _OURS = ("answer_format",)
 _SET_BY_US = ("seed", "size")
+
+
+#: Functions an answer may call when its scorer evaluates it (see :func:`inert`).
+MATH_CALLS = frozenset(
+    "sin cos tan cot sec csc asin acos atan acot sinh cosh tanh asinh acosh atanh "
+    "exp log ln sqrt root Abs abs Rational Integer Float".split()
+)
+_EVALUATORS = re.compile(r"(?<![\w.])(?:eval|exec|parse_expr|sympify|S)\s*\(|\.(?:parse_expr|sympify)\s*\(")
+_MAX_EXPONENT = 100
+_MAX_INERT_CHARS = 2000
+
+
+def evaluates_answers(dataset_cls: type) -> bool:
+    """Whether ``dataset_cls.score_answer``'s source calls eval, exec, parse_expr or sympify."""
+    try:
+        source = inspect.getsource(dataset_cls.score_answer)
+    except (OSError, TypeError):
+        return True
+    return bool(_EVALUATORS.search(source.replace("literal_eval(", "")))
+
+
+def _small(node: ast.AST) -> bool:
+    """An exponent that cannot blow up: a number up to 100, a name, their negation or quotient."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (int, float)) and abs(node.value) <= _MAX_EXPONENT
+    if isinstance(node, ast.Name):
+        return True
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return _small(node.operand)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        return _small(node.left) and _small(node.right)
+    return False
+
+
+def _has(node: ast.AST, kinds: tuple[type, ...]) -> bool:
+    return any(isinstance(n, kinds) for n in ast.walk(node))
+
+
+def _inert_node(node: ast.AST) -> bool:
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.Name):
+        return not node.id.startswith("_")
+    if isinstance(node, ast.UnaryOp):
+        return _inert_node(node.operand)
+    if isinstance(node, ast.BinOp):
+        if isinstance(node.op, (ast.LShift, ast.RShift, ast.MatMult)):
+            return False
+        if isinstance(node.op, ast.Pow):
+            if not _small(node.right) or any(
+                isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(node.left)
+            ):
+                return False
+        if isinstance(node.op, ast.Mult):
+            sequence = (ast.List, ast.Tuple, ast.Set, ast.JoinedStr)
+            texts = [n for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+            if texts or _has(node, sequence):
+                return False
+        return _inert_node(node.left) and _inert_node(node.right)
+    if isinstance(node, ast.BoolOp):
+        return all(_inert_node(v) for v in node.values)
+    if isinstance(node, ast.Compare):
+        return _inert_node(node.left) and all(_inert_node(c) for c in node.comparators)
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return all(_inert_node(e) for e in node.elts)
+    if isinstance(node, ast.Call):
+        return (
+            isinstance(node.func, ast.Name)
+            and node.func.id in MATH_CALLS
+            and not node.keywords
+            and all(_inert_node(a) for a in node.args)
+        )
+    return False
+
+
+def inert(answer: str) -> bool:
+    """Whether ``answer`` is safe to hand to a scorer that evaluates it (module docstring)."""
+    if len(answer) > _MAX_INERT_CHARS or "__" in answer or re.search(r"!(?!=)", answer):
+        return False
+    try:
+        tree = ast.parse(answer.strip().replace("^", "**"), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return True  # not Python: eval and parse_expr reject it before running anything
+    return _inert_node(tree.body)
 
 
 def _rg() -> Any:
@@ -105,7 +204,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise AttnRhythmError(f"bad option {item!r} in {spec!r}: write KEY=VALUE, e.g. rg:countdown:min_numbers=3")
+            raise AttnRhythmError(
+                f"bad option {item!r} in {spec!r}: write KEY=VALUE, e.g. rg:countdown:min_numbers=3"
+            )
         if key in options:
             raise AttnRhythmError(f"option {key} is given twice in {spec!r}: give it once")
         options[key] = _yaml_value(value.strip(), item, spec)
@@ -127,7 +228,7 @@ def _config_fields(name: str) -> dict[str, dataclasses.Field]:
         hint = f"did you mean {', '.join(close)}?" if close else f"{len(registry)} datasets exist"
         raise AttnRhythmError(
             f"unknown reasoning-gym dataset '{name}' ({hint}): "
-            "list them with python -c \"import reasoning_gym; print(sorted(reasoning_gym.factory.DATASETS))\""
+            'list them with python -c "import reasoning_gym; print(sorted(reasoning_gym.factory.DATASETS))"'
         )
     return {f.name: f for f in dataclasses.fields(registry[name][1])}
 
@@ -179,6 +280,8 @@ class GymTask:
     name: str = field(default="", init=False)
     _config: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _built: dict[tuple[int, int], Any] = field(default_factory=dict, init=False, repr=False)
+    #: True when the dataset's scorer evaluates answers, so they pass :func:`inert` first.
+    guarded: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         fields = _config_fields(self.dataset)
@@ -200,6 +303,7 @@ class GymTask:
             config[key] = _coerce(self.dataset, key, value, _default(fields[key]))
         self._config = config
         self.name = spec
+        self.guarded = evaluates_answers(_rg().factory.DATASETS[self.dataset][0])
         self._build(0, 1)  # validate the options now: a bad value fails here, in one line
 
     def _build(self, rg_seed: int, size: int) -> Any:
@@ -289,10 +393,15 @@ class GymTask:
         return {"question": example.get("question", ""), "answer": example["answer"], "metadata": {}}
 
     def extract(self, completion: str) -> str | None:
-        """The answer string handed to ``score_answer`` (see ``answer_format``)."""
+        """The answer string handed to ``score_answer`` (see ``answer_format``); ``None`` for an
+        answer that the guard refuses (a scorer that evaluates answers, module docstring)."""
         if self.answer_format == "boxed":
-            return extract_boxed(completion, boxed_only=True)
-        return importlib.import_module("reasoning_gym.utils").extract_answer(completion)
+            answer = extract_boxed(completion, boxed_only=True)
+        else:
+            answer = importlib.import_module("reasoning_gym.utils").extract_answer(completion)
+        if answer is not None and self.guarded and not inert(answer):
+            return None
+        return answer
 
     def reward(self, completion: str, example: dict[str, Any]) -> float:
         """The dataset's ``score_answer`` of the extracted answer, in [0, 1]."""
