@@ -6,6 +6,8 @@ import threading
 
 import pytest
 import reasoning_gym
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.tasks import GymTask, MathTask, Task, get_task
@@ -259,3 +261,20 @@ def test_guard_keeps_the_answer_from_running(tmp_path):
     dataset = task._build(ex["rg_seed"], ex["rg_size"])
     dataset.score_answer(attack[8:-9], task.entry(ex))
     assert marker.exists()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(max_size=40))
+def test_any_option_text_builds_or_fails_in_one_line(text):
+    try:
+        task = get_task(f"rg:countdown:{text}")
+    except AttnRhythmError as err:
+        assert "\n" not in str(err)
+    else:
+        assert isinstance(task, GymTask)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=80))
+def test_inert_never_raises(text):
+    assert inert(text) in (True, False)
