@@ -278,3 +278,18 @@ def test_any_option_text_builds_or_fails_in_one_line(text):
 @given(text=st.text(max_size=80))
 def test_inert_never_raises(text):
     assert inert(text) in (True, False)
+
+
+def test_missing_reasoning_gym_is_one_line(monkeypatch):
+    import attnrhythm.tasks.gym as gym
+
+    real = gym.importlib.import_module
+
+    def fake(name, *args):
+        if name == "reasoning_gym":
+            raise ImportError("No module named 'reasoning_gym'")
+        return real(name, *args)
+
+    monkeypatch.setattr(gym.importlib, "import_module", fake)
+    with pytest.raises(AttnRhythmError, match=r"pip install 'attnrhythm\[tasks\]'"):
+        get_task("rg:gsm_symbolic")
