@@ -42,15 +42,15 @@ from .countdown import (
 )
 from .datasets import gsm8k_answer, load_hf_task, load_jsonl_task
 from .gym import GymTask, dataset_names, make_gym_task
-from .mathcheck import answers_match, extract_answer, math_reward, normalize_answer
+from .mathcheck import (
+    BOXED_INSTRUCTION,
+    answers_match,
+    extract_answer,
+    math_prompt,
+    math_reward,
+    normalize_answer,
+)
 from .wordproblems import Problem, generate_problems
-
-BOXED_INSTRUCTION = "Solve the problem step by step, then write the final answer as \\boxed{answer}."
-
-
-def math_prompt(question: str) -> str:
-    """The prompt for a question whose answer is checked from ``\\boxed{}``."""
-    return f"{question.strip()}\n\n{BOXED_INSTRUCTION}"
 
 
 @runtime_checkable

@@ -58,6 +58,7 @@ from typing import Any
 
 from ..errors import AttnRhythmError
 from .mathcheck import extract_answer as extract_boxed
+from .mathcheck import math_prompt
 
 PREFIX = "rg:"
 #: reasoning-gym seeds per attnrhythm seed block, and the number of blocks.
@@ -66,7 +67,6 @@ BLOCKS = 4096
 TAGS_INSTRUCTION = (
     "Think it through step by step, then write only the final answer inside <answer> </answer> tags."
 )
-BOXED_INSTRUCTION = "Solve the problem step by step, then write the final answer as \\boxed{answer}."
 ANSWER_FORMATS = ("tags", "boxed")
 _OURS = ("answer_format",)
 _SET_BY_US = ("seed", "size")
@@ -331,8 +331,9 @@ class GymTask:
 
     def prompt(self, question: str) -> str:
         """The question followed by the instruction for ``answer_format``."""
-        instruction = TAGS_INSTRUCTION if self.answer_format == "tags" else BOXED_INSTRUCTION
-        return f"{question.strip()}\n\n{instruction}"
+        if self.answer_format == "boxed":
+            return math_prompt(question)
+        return f"{question.strip()}\n\n{TAGS_INSTRUCTION}"
 
     def examples(self, n: int, seed: int = 0) -> list[dict[str, Any]]:
         """``n`` examples with distinct questions, deterministic for ``seed`` (module docstring)."""

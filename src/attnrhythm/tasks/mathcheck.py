@@ -37,6 +37,8 @@ import threading
 from fractions import Fraction
 from typing import Any
 
+BOXED_INSTRUCTION = "Solve the problem step by step, then write the final answer as \\boxed{answer}."
+
 #: The longest answer (characters, each side) handed to math-verify.
 VERIFY_MAX_CHARS = 256
 #: math-verify's parse and compare time limits in seconds (main thread only, see :func:`symbolic_match`).
@@ -61,6 +63,11 @@ _FRAC_SHORT_RE = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
 _THOUSANDS_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d])")
 _SPACED_THOUSANDS_RE = re.compile(r"(?<=\d) (?=\d{3}(?!\d))")
 _NUMERIC_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+))?")
+
+
+def math_prompt(question: str) -> str:
+    """The prompt for a question whose answer is checked from ``\\boxed{}``."""
+    return f"{question.strip()}\n\n{BOXED_INSTRUCTION}"
 
 
 def _box_contents(text: str) -> list[str]:
