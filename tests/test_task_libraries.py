@@ -155,8 +155,11 @@ def test_reward_checks_the_example_and_survives_a_raising_scorer(monkeypatch):
     [
         (r"\frac{1}{2}", "0.5", True),  # numbers: our exact rule
         ("0.333333", r"\frac{1}{3}", False),  # exact, although math-verify rounds it equal
+        ("17 + 8", 25, False),  # a numeric reference needs a number, not the question copied
+        (r"3 \times 4", "12", False),
+        (r"\sqrt{4}", 2, False),
         (r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}", True),  # from here on: math-verify
-        (r"\sqrt{4}", 2, True),
+        (r"\sqrt{4}", r"\sqrt{2}^2", True),
         ("x+1", "1+x", True),
         (r"\pi/2", r"\frac{\pi}{2}", True),
         (r"\{1,2\}", r"\{2,1\}", True),
@@ -172,9 +175,18 @@ def test_answers_match_with_math_verify(predicted, reference, ok):
     assert answers_match(predicted, reference) is ok
 
 
-def test_math_verify_rounds_numbers_so_numbers_stay_ours():
+def test_math_verify_rounds_and_evaluates_so_numbers_stay_ours():
     assert symbolic_match("0.333333", "1/3") is True
     assert answers_match("0.333333", "1/3") is False
+    assert symbolic_match("17 + 8", "25") is True
+    assert answers_match("17 + 8", "25") is False
+
+
+def test_boxing_the_question_earns_nothing():
+    task = get_task("arithmetic", n_terms=(2, 3), ops="+-*")
+    for ex in task.examples(10, seed=4):
+        assert task.reward(f"\\boxed{{{ex['expression']}}}", ex) == 0.0
+        assert task.reward(f"\\boxed{{{ex['answer']}}}", ex) == 1.0
 
 
 def test_boxed_extraction_then_math_verify():
@@ -203,7 +215,7 @@ def test_math_verify_in_a_worker_thread():
 def test_without_math_verify_our_rules_remain(monkeypatch):
     monkeypatch.setattr(mc, "_MATH_VERIFY", False)
     assert symbolic_match(r"\sqrt{4}", "2") is None
-    assert answers_match(r"\sqrt{4}", 2) is False
+    assert answers_match(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}") is False
     assert answers_match(r"\frac{1}{2}", 0.5) and answers_match(r"\text{Monday}", "monday")
 
 

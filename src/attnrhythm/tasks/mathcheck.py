@@ -11,22 +11,25 @@ Comparison (:func:`answers_match`), in this order:
 
 1. both sides are normalised (:func:`normalize_answer`: LaTeX spacing, ``\\text{}``, dollar
    signs, thousands commas, a trailing period, ``%`` and trailing units/words are dropped); when
-   both parse as numbers they are compared **exactly** as ``Fraction`` and that is the verdict
-   (so ``0.5 == 1/2 == \\frac{1}{2}`` and ``25% == 25``, but ``0.333333 != 1/3``);
+   the reference is a number, the prediction must be a number equal to it **exactly** as a
+   ``Fraction`` (so ``0.5 == 1/2 == \\frac{1}{2}`` and ``25% == 25``, but ``0.333333 != 1/3``,
+   and an unevaluated ``17 + 8`` or ``\\sqrt{4}`` is not the answer ``25`` or ``2``: copying the
+   question's expression into the box earns nothing);
 2. equal normalised strings match (``Monday`` and ``\\text{monday}``);
-3. anything else is left to `math-verify <https://github.com/huggingface/Math-Verify>`_ (Hugging
-   Face's answer-equivalence checker, the one TRL and open-r1 use): both sides are parsed as LaTeX
-   (wrapped in ``$...$``) and compared symbolically, which covers radicals and other expressions
-   (``\\frac{\\sqrt{2}}{2} == \\frac{1}{\\sqrt{2}}``, ``\\sqrt{4} == 2``, ``x+1 == 1+x``), ``\\pi``,
-   sets and intervals.  Answers longer than :data:`VERIFY_MAX_CHARS` are not handed to it.
+3. for a reference that is not a plain number, the rest is left to math-verify
+   (https://github.com/huggingface/Math-Verify, Hugging Face's answer-equivalence checker, the
+   one TRL and open-r1 use): both sides are parsed as LaTeX (wrapped in ``$...$``) and compared
+   symbolically, which covers radicals and other expressions
+   (``\\frac{\\sqrt{2}}{2} == \\frac{1}{\\sqrt{2}}``, ``2\\sqrt{3} == \\sqrt{12}``, ``x+1 == 1+x``),
+   ``\\pi``, sets and intervals.  Answers longer than :data:`VERIFY_MAX_CHARS` are not handed to it.
    Without math-verify installed (the ``tasks`` extra) this step is skipped.
 
 Rules we keep because math-verify does not cover them: the extraction order above (math-verify's
 own extraction ranks "final answer is" phrases, boxes and trailing expressions by its own
 priorities, with no box-only mode and no GSM8K ``####`` marker); exact rational equality of
-numbers (math-verify compares numbers after rounding, so ``0.333333`` equals ``1/3`` there);
-GSM8K-style clean-up of units, currency, thousands separators and ``x = 5``; case-insensitive
-comparison of plain words.
+numbers (math-verify compares numbers after rounding, so ``0.333333`` equals ``1/3`` there, and
+it evaluates expressions, so ``17 + 8`` equals ``25`` there); GSM8K-style clean-up of units,
+currency, thousands separators and ``x = 5``; case-insensitive comparison of plain words.
 """
 
 from __future__ import annotations
@@ -218,7 +221,7 @@ def symbolic_match(predicted: str, reference: str) -> bool | None:
 
 
 def answers_match(predicted: str | None, reference: str | int | float | Fraction) -> bool:
-    """Exact numeric equality when both sides are numbers, else equal normalised text, else
+    """Exact numeric equality for a numeric reference, else equal normalised text, else
     math-verify's symbolic equivalence (see the module docstring)."""
     if predicted is None:
         return False
@@ -226,9 +229,9 @@ def answers_match(predicted: str | None, reference: str | int | float | Fraction
     ref, ref_value = _reference_value(reference)
     if not pred or not ref:
         return False
-    pred_value = _to_fraction(pred)
-    if pred_value is not None and ref_value is not None:
-        return pred_value == ref_value
+    if ref_value is not None:  # a numeric reference: only an equal number matches
+        pred_value = _to_fraction(pred)
+        return pred_value == ref_value if pred_value is not None else pred == ref
     if pred == ref:
         return True
     raw_ref = ref if isinstance(reference, (int, float, Fraction)) else str(reference).strip()
