@@ -31,7 +31,7 @@ from attnrhythm.studies.perturb import (
     pick_positions,
     summarise_trials,
 )
-from attnrhythm.studies.problems import load_problems
+from attnrhythm.studies.problems import load_problems, problem_set
 from attnrhythm.studies.statistics import (
     RatioParts,
     bootstrap_mean_ci,
@@ -364,6 +364,8 @@ def test_study_cli_couplings_and_perturb(capsys, tiny_dir, tmp_path):
         (["couplings", "--lag", "-1"], "bad --lag"),
         (["couplings", "--problems", "nowhere"], "unknown problem source"),
         (["couplings", "--problems", "missing.jsonl"], "does not exist"),
+        (["couplings", "--problems", "rg:gsm_symbolc"], "did you mean gsm_symbolic"),
+        (["couplings", "--problems", "rg:gsm_symbolic:difficulty=hard"], "must be a number"),
         (["couplings", "--receivers", "0"], "need receiver heads"),
         (["perturb", "--top-k", "0"], "bad --top-k"),
         (["perturb", "--reference", "x"], "unknown --reference"),
@@ -405,3 +407,32 @@ def test_problem_sources(tmp_path):
     assert len(mine) == 2 and "\\boxed" in mine[0]["prompt"]
     with pytest.raises(AttnRhythmError, match="bad --problems"):
         load_problems("hf:", 2)
+
+
+def test_reasoning_gym_problems_are_scored_by_the_dataset():
+    problems = problem_set("rg:gsm_symbolic", 4, seed=0)
+    assert problems.problems == load_problems("rg:gsm_symbolic", 4, seed=0)
+    assert [set(p) for p in problems.problems] == [{"id", "prompt", "answer"}] * 4
+    for i, p in enumerate(problems.problems):
+        assert "<answer>" in p["prompt"]
+        assert problems.correct(i, f"so <answer>{p['answer']}</answer>")
+        assert not problems.correct(i, f"so <answer>{int(p['answer']) + 1}</answer>")
+        assert not problems.correct(i, f"so the answer is {p['answer']}")  # the dataset wants tags
+    boxed = problem_set("rg:gsm_symbolic:answer_format=boxed", 1, seed=0)
+    assert boxed.correct(0, f"\\boxed{{{boxed.problems[0]['answer']}}}")
+    builtin = problem_set("builtin", 2, seed=0)  # unchanged: the reference number, boxed or not
+    assert builtin.task is None and builtin.correct(0, f"The answer is {builtin.problems[0]['answer']}.")
+
+
+def test_study_cli_on_reasoning_gym_problems(capsys, tiny_dir, tmp_path):
+    out = tmp_path / "rg"
+    code, _, err = run(
+        capsys, "study", "couplings", "--model", tiny_dir, "--problems", "rg:gsm_symbolic", "--n", "2",
+        "--max-new-tokens", "30", "--batch-size", "2", "--permutations", "20", "--bootstrap", "20",
+        "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in records] == ["rg-gsm_symbolic-0-00000", "rg-gsm_symbolic-0-00001"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["run"]["problems"] == "rg:gsm_symbolic" and results["run"]["accuracy"] == 0.0

@@ -233,9 +233,45 @@ def test_eval_prints_table_and_writes_json(capsys, tiny_dir, tmp_path):
     assert result["n"] == 3 and result["K"] == 2 and len(result["problems"][0]["rewards"]) == 2
 
 
+RG_SUMS = "rg:chain_sum:min_terms=2,max_terms=2,min_digits=1,max_digits=1"
+
+
+def test_train_and_eval_on_a_reasoning_gym_task(capsys, tiny_dir, tmp_path):
+    """A 2-step run on an rg: task, then eval of that run: its task, its prompts left out."""
+    out = tmp_path / "rg-run"
+    code, stdout, err = run(
+        capsys, "train", "--model", tiny_dir, "--task", RG_SUMS, "--task-option", "answer_format=boxed",
+        "--strategy", "none", "--steps", 2, "--num-generations", 2, "--batch-size", 4,
+        "--max-completion-length", 8, "--n-train", 8, "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "done: 2 steps" in stdout and RG_SUMS in err.replace("\n", "")
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    saved = TrainSettings.from_yaml(out / "settings.yaml")
+    assert saved.task == RG_SUMS and saved.task_options == {"answer_format": "boxed"}
+    train_prompts = set(training_prompts(saved))
+    assert len(train_prompts) == 8 and all(p.endswith("\\boxed{answer}.") for p in train_prompts)
+
+    results = tmp_path / "eval.json"
+    code, stdout, err = run(
+        capsys, "eval", "--model", out, "--n", 3, "--samples", 1, "--max-new-tokens", 6, "--out", results
+    )
+    assert code == 0, err
+    assert "rg:chain_sum" in stdout
+    result = json.loads(results.read_text())
+    assert result["n"] == 3 and result["K"] == 1
+    held = heldout_examples(saved.make_task(), 3, exclude_prompts=train_prompts)
+    assert [p["id"] for p in result["problems"]] == [ex["id"] for ex in held]
+    assert not {ex["prompt"] for ex in held} & train_prompts
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
+        (("train", "--task", "rg:chain_sum:min_terms=x"), "must be an integer"),
+        (("train", "--task", "rg:chain_sum", "--task-option", "size=9"), "set by attnrhythm"),
+        (("eval", "--task", "rg:gsm_symbolc"), "did you mean gsm_symbolic"),
+        (("eval", "--task", "rg:countdown:colour=red"), "no option colour"),
         (("train", "--task", "chess"), "unknown task"),
         (("train", "--strategy", "best"), "unknown credit strategy"),
         (("train", "--steps", 0), "steps"),

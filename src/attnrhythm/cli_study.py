@@ -18,8 +18,8 @@ study_app = typer.Typer(
 ProblemsOpt = typer.Option(
     "builtin",
     "--problems",
-    help="builtin (seeded word problems), a JSONL file with question/answer, or hf:NAME[:CONFIG[:SPLIT]] "
-    "from the local Hugging Face cache.",
+    help="builtin (seeded word problems), a JSONL file with question/answer, hf:NAME[:CONFIG[:SPLIT]] "
+    "from the local Hugging Face cache, or rg:NAME[:KEY=VALUE,...] for a reasoning-gym dataset.",
 )
 NOpt = typer.Option(70, "--n", help="Problems (one sampled response each).")
 TempOpt = typer.Option(0.7, "--temperature", help="Sampling temperature of the responses.")

@@ -13,7 +13,12 @@ import typer
 
 from .errors import AttnRhythmError
 
-TaskOpt = typer.Option(None, "--task", "-t", help="countdown, wordproblems, arithmetic or math.")
+TaskOpt = typer.Option(
+    None,
+    "--task",
+    "-t",
+    help="countdown, wordproblems, arithmetic, math, or rg:NAME[:KEY=VALUE,...] for a reasoning-gym dataset.",
+)
 TaskOptionOpt = typer.Option(
     None,
     "--task-option",

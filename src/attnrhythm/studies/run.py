@@ -23,7 +23,6 @@ from ..analyze import AnalysisConfig
 from ..errors import AttnRhythmError
 from ..records import InputItem, ResumableWriter, read_records
 from ..runner import GenerationConfig, analyze_items
-from ..tasks import math_reward
 from .couplings import PeakSpec, TraceSeries, couplings
 from .outputs import (
     couplings_markdown,
@@ -34,7 +33,7 @@ from .outputs import (
     write_text_atomic,
 )
 from .perturb import PerturbConfig, perturb_record, summarise_trials
-from .problems import load_problems
+from .problems import problem_set
 
 Progress = Callable[[str, int, int], None]
 
@@ -103,7 +102,8 @@ def sampled_records(
         raise AttnRhythmError(f"bad --batch-size {sample.batch_size}: it must be >= 1")
     if analysis.receiver_count == 0:
         raise AttnRhythmError("the studies need receiver heads: give --receivers > 0 or leave it unset")
-    problems = load_problems(sample.problems, sample.n, sample.seed)
+    problem_list = problem_set(sample.problems, sample.n, sample.seed)
+    problems = problem_list.problems
     _check_settings(out, _settings(model_name, sample, analysis))
     items = [InputItem(i + 1, dict(p)) for i, p in enumerate(problems)]
     summary = analyze_items(
@@ -121,10 +121,10 @@ def sampled_records(
     )
     by_key = {str(r.get("key")): r for r in read_records(out / "records.jsonl")}
     records = []
-    for p in problems:
+    for i, p in enumerate(problems):
         record = by_key.get(p["id"])
         if record is not None:
-            record["correct"] = math_reward(record.get("response", ""), p["answer"], boxed_only=False) == 1.0
+            record["correct"] = problem_list.correct(i, record.get("response", ""))
             records.append(record)
     return records, summary.errors
 

@@ -11,7 +11,12 @@ Every task has a ``name``, ``examples(n, seed)`` returning dicts with ``id`` and
 Tasks: ``countdown`` (TinyZero protocol, see :mod:`.countdown`), ``wordproblems`` (built-in
 generator, :mod:`.wordproblems`), ``arithmetic`` (short integer expressions with a boxed answer,
 an easy task for small models, :mod:`.arithmetic`) and ``math`` (a JSONL file or a cached
-Hugging Face dataset, checked with :mod:`.mathcheck`).
+Hugging Face dataset, checked with :mod:`.mathcheck`).  ``rg:NAME[:KEY=VALUE,...]`` is any
+reasoning-gym dataset, scored with its own ``score_answer`` (:mod:`.gym`; needs the ``tasks``
+extra)::
+
+    task = get_task("rg:gsm_symbolic")
+    task = get_task("rg:countdown:min_numbers=3,max_numbers=4")
 """
 
 from __future__ import annotations
@@ -36,15 +41,16 @@ from .countdown import (
     verify,
 )
 from .datasets import gsm8k_answer, load_hf_task, load_jsonl_task
-from .mathcheck import answers_match, extract_answer, math_reward, normalize_answer
+from .gym import GymTask, dataset_names, make_gym_task
+from .mathcheck import (
+    BOXED_INSTRUCTION,
+    answers_match,
+    extract_answer,
+    math_prompt,
+    math_reward,
+    normalize_answer,
+)
 from .wordproblems import Problem, generate_problems
-
-BOXED_INSTRUCTION = "Solve the problem step by step, then write the final answer as \\boxed{answer}."
-
-
-def math_prompt(question: str) -> str:
-    """The prompt for a question whose answer is checked from ``\\boxed{}``."""
-    return f"{question.strip()}\n\n{BOXED_INSTRUCTION}"
 
 
 @runtime_checkable
@@ -205,9 +211,18 @@ TASKS: dict[str, type] = {
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
-    """Build a task by name; options are the fields of its class (e.g. ``get_task("math", source=...)``)."""
+    """Build a task by name; options are the fields of its class (e.g. ``get_task("math", source=...)``).
+
+    ``rg:NAME[:KEY=VALUE,...]`` builds a reasoning-gym task (:func:`.gym.make_gym_task`); its
+    keyword options are the dataset's config fields (and ``answer_format``).
+    """
+    if name.startswith("rg:"):
+        return make_gym_task(name, **kwargs)
     if name not in TASKS:
-        raise AttnRhythmError(f"unknown task '{name}': choose one of {', '.join(sorted(TASKS))}")
+        raise AttnRhythmError(
+            f"unknown task '{name}': choose one of {', '.join(sorted(TASKS))}, "
+            "or rg:NAME for a reasoning-gym dataset"
+        )
     cls = TASKS[name]
     params = [p for p in inspect.signature(cls).parameters]
     unknown = sorted(set(kwargs) - set(params))
@@ -227,12 +242,14 @@ __all__ = [
     "CountdownInstance",
     "CountdownTask",
     "ExpressionError",
+    "GymTask",
     "MathTask",
     "Problem",
     "Task",
     "WordProblemTask",
     "answers_match",
     "countdown_reward",
+    "dataset_names",
     "evaluate",
     "extract_answer",
     "generate_countdown",
@@ -241,6 +258,7 @@ __all__ = [
     "gsm8k_answer",
     "load_hf_task",
     "load_jsonl_task",
+    "make_gym_task",
     "math_prompt",
     "math_reward",
     "normalize_answer",

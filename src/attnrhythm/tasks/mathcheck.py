@@ -1,4 +1,4 @@
-"""Final-answer extraction and exact checking for math word problems.
+"""Final-answer extraction and checking for math answers: our exact rules plus math-verify.
 
 Extraction order (:func:`extract_answer`):
 
@@ -7,16 +7,45 @@ Extraction order (:func:`extract_answer`):
    last "answer is" / "answer:" phrase, else the last number in the text.  Numbers include
    ``1,234``, ``-3.5``, ``$26``, ``25%``, ``3/4`` and ``\\frac{3}{4}`` (``\\dfrac``, ``\\tfrac``).
 
-Comparison (:func:`answers_match`): both sides are normalised (:func:`normalize_answer`: LaTeX
-spacing, ``\\text{}``, dollar signs, thousands commas, a trailing period, ``%`` and trailing
-units/words are dropped); when both parse as numbers they are compared exactly as ``Fraction``
-(so ``0.5 == 1/2 == \\frac{1}{2}`` and ``25% == 25``), otherwise as normalised strings.
+Comparison (:func:`answers_match`), in this order:
+
+1. both sides are normalised (:func:`normalize_answer`: LaTeX spacing, ``\\text{}``, dollar
+   signs, thousands commas, a trailing period, ``%`` and trailing units/words are dropped); when
+   the reference is a number, the prediction must be a number equal to it **exactly** as a
+   ``Fraction`` (so ``0.5 == 1/2 == \\frac{1}{2}`` and ``25% == 25``, but ``0.333333 != 1/3``,
+   and an unevaluated ``17 + 8`` or ``\\sqrt{4}`` is not the answer ``25`` or ``2``: copying the
+   question's expression into the box earns nothing);
+2. equal normalised strings match (``Monday`` and ``\\text{monday}``);
+3. for a reference that is not a plain number, the rest is left to math-verify
+   (https://github.com/huggingface/Math-Verify, Hugging Face's answer-equivalence checker, the
+   one TRL and open-r1 use): both sides are parsed as LaTeX (wrapped in ``$...$``) and compared
+   symbolically, which covers radicals and other expressions
+   (``\\frac{\\sqrt{2}}{2} == \\frac{1}{\\sqrt{2}}``, ``2\\sqrt{3} == \\sqrt{12}``, ``x+1 == 1+x``),
+   ``\\pi``, sets and intervals.  Answers longer than :data:`VERIFY_MAX_CHARS` are not handed to it.
+   Without math-verify installed (the ``tasks`` extra) this step is skipped.
+
+Rules we keep because math-verify does not cover them: the extraction order above (math-verify's
+own extraction ranks "final answer is" phrases, boxes and trailing expressions by its own
+priorities, with no box-only mode and no GSM8K ``####`` marker); exact rational equality of
+numbers (math-verify compares numbers after rounding, so ``0.333333`` equals ``1/3`` there, and
+it evaluates expressions, so ``17 + 8`` equals ``25`` there); GSM8K-style clean-up of units,
+currency, thousands separators and ``x = 5``; case-insensitive comparison of plain words.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+import threading
 from fractions import Fraction
+from typing import Any
+
+BOXED_INSTRUCTION = "Solve the problem step by step, then write the final answer as \\boxed{answer}."
+
+#: The longest answer (characters, each side) handed to math-verify.
+VERIFY_MAX_CHARS = 256
+#: math-verify's parse and compare time limits in seconds (main thread only, see :func:`symbolic_match`).
+VERIFY_TIMEOUT_S = 3
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 
@@ -37,6 +66,11 @@ _FRAC_SHORT_RE = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
 _THOUSANDS_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d])")
 _SPACED_THOUSANDS_RE = re.compile(r"(?<=\d) (?=\d{3}(?!\d))")
 _NUMERIC_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+))?")
+
+
+def math_prompt(question: str) -> str:
+    """The prompt for a question whose answer is checked from ``\\boxed{}``."""
+    return f"{question.strip()}\n\n{BOXED_INSTRUCTION}"
 
 
 def _box_contents(text: str) -> list[str]:
@@ -152,18 +186,56 @@ def _reference_value(reference: str | int | float | Fraction) -> tuple[str, Frac
     return text, _to_fraction(text)
 
 
+_MATH_VERIFY: Any = None
+
+
+def _math_verify() -> Any:
+    """The math_verify module, or False when it is not installed (looked up once)."""
+    global _MATH_VERIFY
+    if _MATH_VERIFY is None:
+        try:
+            _MATH_VERIFY = importlib.import_module("math_verify")
+        except ImportError:
+            _MATH_VERIFY = False
+    return _MATH_VERIFY
+
+
+def symbolic_match(predicted: str, reference: str) -> bool | None:
+    """math-verify's verdict on two answers as LaTeX, or None when it is not installed.
+
+    Its time limits use ``signal.alarm``, which only the main thread may set; in other threads
+    (a data loader, a server) it runs without them, as math-verify advises.
+    """
+    mv = _math_verify()
+    if not mv:
+        return None
+    if len(predicted) > VERIFY_MAX_CHARS or len(reference) > VERIFY_MAX_CHARS:
+        return False
+    limit = VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    try:
+        gold = mv.parse(f"${reference}$", parsing_timeout=limit)
+        pred = mv.parse(f"${predicted}$", parsing_timeout=limit)
+        return bool(gold and pred and mv.verify(gold, pred, timeout_seconds=limit))
+    except Exception:  # a parser or sympy failure on odd text: no match
+        return False
+
+
 def answers_match(predicted: str | None, reference: str | int | float | Fraction) -> bool:
-    """Exact numeric equality when both sides parse as numbers, else normalised string equality."""
+    """Exact numeric equality for a numeric reference, else equal normalised text, else
+    math-verify's symbolic equivalence (see the module docstring)."""
     if predicted is None:
         return False
     pred = normalize_answer(predicted)
     ref, ref_value = _reference_value(reference)
     if not pred or not ref:
         return False
-    pred_value = _to_fraction(pred)
-    if pred_value is not None and ref_value is not None:
-        return pred_value == ref_value
-    return pred == ref
+    if ref_value is not None:  # a numeric reference: only an equal number matches
+        pred_value = _to_fraction(pred)
+        return pred_value == ref_value if pred_value is not None else pred == ref
+    if pred == ref:
+        return True
+    raw_ref = ref if isinstance(reference, (int, float, Fraction)) else str(reference).strip()
+    return bool(symbolic_match(predicted.strip(), raw_ref))
 
 
 def math_reward(
