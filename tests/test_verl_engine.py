@@ -33,7 +33,9 @@ def tiny_model(path: Path) -> Path:
     vocab = {"<pad>": 0, **{f"w{i}": i for i in range(1, 97)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="w1", bos_token="w2")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="w1", bos_token="w2"
+    )
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=97,
@@ -83,7 +85,12 @@ def run_ranks(world: int, model_dir: Path, out_dir: Path) -> list[dict]:
             PYTHONPATH=os.pathsep.join([str(TESTS), str(SRC), os.environ.get("PYTHONPATH", "")]),
         )
         log = open(out_dir / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
-        cmd = [sys.executable, str(TESTS / "verl_engine_run.py"), str(model_dir), str(out_dir / f"rank{rank}.pt")]
+        cmd = [
+            sys.executable,
+            str(TESTS / "verl_engine_run.py"),
+            str(model_dir),
+            str(out_dir / f"rank{rank}.pt"),
+        ]
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     try:
         for proc, _ in procs:

@@ -13,7 +13,6 @@ import types
 from contextlib import contextmanager
 
 import torch
-
 from verl.plugin.platform.platform_base import PlatformBase
 from verl.plugin.platform.platform_manager import PlatformRegistry
 

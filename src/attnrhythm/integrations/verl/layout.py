@@ -92,14 +92,19 @@ def padded_rollout(data: Mapping[str, torch.Tensor]) -> PaddedRollout:
     prompts, responses, response_mask = data["prompts"], data["responses"], data["response_mask"]
     if prompts.is_nested or responses.is_nested:
         if not (prompts.is_nested and responses.is_nested and response_mask.is_nested):
-            raise AttnRhythmError("prompts, responses and response_mask must all be nested (no-padding) or all dense")
+            raise AttnRhythmError(
+                "prompts, responses and response_mask must all be nested (no-padding) or all dense"
+            )
         lengths = nested_lengths(responses)
         if not torch.equal(nested_lengths(response_mask), lengths):
             raise AttnRhythmError("response_mask and responses have different lengths in some rows")
         prompt_ids = nested_to_padded(prompts, left=True)
-        prompt_mask = nested_to_padded(torch.nested.nested_tensor_from_jagged(
-            torch.ones_like(prompts.values()), offsets=prompts.offsets()
-        ), left=True)
+        prompt_mask = nested_to_padded(
+            torch.nested.nested_tensor_from_jagged(
+                torch.ones_like(prompts.values()), offsets=prompts.offsets()
+            ),
+            left=True,
+        )
         completion_ids = nested_to_padded(responses)
         width = completion_ids.shape[1]
         completion_mask = (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()

@@ -46,7 +46,11 @@ _ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
 
 def rhythm_settings(config: DictConfig | Mapping[str, Any]) -> RhythmCreditConfig:
     """The credit settings in ``trainer.v1.rhythm_grpo`` of a verl config (defaults where absent)."""
-    section = OmegaConf.select(config, f"trainer.v1.{MODE}", default=None) if isinstance(config, DictConfig) else None
+    section = (
+        OmegaConf.select(config, f"trainer.v1.{MODE}", default=None)
+        if isinstance(config, DictConfig)
+        else None
+    )
     raw = OmegaConf.to_container(section, resolve=True) if section is not None else {}
     values = {key: value for key, value in (raw or {}).items() if key not in _VERL_KEYS}
     known = {f.name for f in fields(RhythmCreditConfig)}
@@ -91,7 +95,9 @@ def rhythm_metrics(totals: Mapping[str, float], seconds: float) -> dict[str, flo
     }
     for name in ROLE_NAMES:
         out[f"rhythm/{name}_share"] = float(totals.get(name, 0.0)) / denominator
-    out["rhythm/analysed_share"] = float(totals.get("analysed", 0.0)) / max(float(totals.get("sequences", 0.0)), 1.0)
+    out["rhythm/analysed_share"] = float(totals.get("analysed", 0.0)) / max(
+        float(totals.get("sequences", 0.0)), 1.0
+    )
     out["rhythm/seconds"] = float(seconds)
     return out
 
