@@ -94,3 +94,14 @@ def test_the_actor_role_runs_the_rhythm_worker(use_kl_loss):
     actors = {role: cls.__ray_actor_class__ for role, cls in trainer.role_worker_mapping.items()}
     assert actors == {expected_role: RhythmActorRolloutRefWorker}
     assert hasattr(RhythmActorRolloutRefWorker, "compute_rhythm_credit")
+
+
+def test_example_config_composes_to_the_rhythm_mode():
+    example = Path(__file__).parent.parent / "examples" / "verl"
+    with initialize_config_dir(config_dir=str(example), version_base=None):
+        config = compose("rhythm_grpo", overrides=["actor_rollout_ref.model.path=/models/any"])
+    assert config.trainer.v1.trainer_mode == MODE and config.algorithm.adv_estimator == "grpo"
+    settings = rhythm_settings(config)
+    assert (settings.strategy, settings.q, settings.amp, settings.fai_horizon) == ("coupled", 0.4, 1.5, (10, 50))
+    # verl's own defaults are still there under the example's values
+    assert config.actor_rollout_ref.actor.strategy == "fsdp2" and "ppo_epochs" in config.actor_rollout_ref.actor
