@@ -102,6 +102,8 @@ def test_example_config_composes_to_the_rhythm_mode():
         config = compose("rhythm_grpo", overrides=["actor_rollout_ref.model.path=/models/any"])
     assert config.trainer.v1.trainer_mode == MODE and config.algorithm.adv_estimator == "grpo"
     settings = rhythm_settings(config)
-    assert (settings.strategy, settings.q, settings.amp, settings.fai_horizon) == ("coupled", 0.4, 1.5, (10, 50))
+    got = (settings.strategy, settings.q, settings.amp, settings.fai_horizon)
+    assert got == ("coupled", 0.4, 1.5, (10, 50))
     # verl's own defaults are still there under the example's values
-    assert config.actor_rollout_ref.actor.strategy == "fsdp2" and "ppo_epochs" in config.actor_rollout_ref.actor
+    actor = config.actor_rollout_ref.actor
+    assert actor.strategy == "fsdp2" and "ppo_epochs" in actor
