@@ -95,5 +95,6 @@ def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             head.set_reshard_after_forward(reshard_head, recurse=False)
         # every FSDP2 module, not only those unsharded above: modules called outside the root's
         # forward (e.g. an embedding sharded on its own) may keep their gathered weights otherwise
-        for module in reversed([m for m in model.modules() if isinstance(m, FSDPModule)]):
-            module.reshard()
+        if FSDPModule is not None:
+            for module in reversed([m for m in model.modules() if isinstance(m, FSDPModule)]):
+                module.reshard()
