@@ -56,7 +56,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, port: int, tie: bool, out_dir: str) -> None:
+def _worker(rank: int, port: int, tie: bool, own_head: bool, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -67,6 +67,9 @@ def _worker(rank: int, port: int, tie: bool, out_dir: str) -> None:
         model = _tiny_llama(tie=tie)
         for layer in model.model.layers:
             fully_shard(layer)
+        if own_head:  # like verl: embeddings and LM head sharded as modules of their own
+            fully_shard(model.model.embed_tokens)
+            fully_shard(model.lm_head)
         fully_shard(model)
         assert is_sharded(model) and bypassed_fsdp_modules(model) == [model]
         sharded = Analyzer(model, config).analyze(traces)
@@ -74,6 +77,7 @@ def _worker(rank: int, port: int, tie: bool, out_dir: str) -> None:
         from torch.distributed.tensor import DTensor
 
         assert isinstance(model.model.embed_tokens.weight, DTensor)
+        assert isinstance(model.lm_head.weight, DTensor)
         torch.save(
             {
                 "plain": [(r.waad, r.fai, r.entropy, r.gamma["coupled"], r.distance) for r in plain],
@@ -85,9 +89,13 @@ def _worker(rank: int, port: int, tie: bool, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_fsdp2_analysis_equals_unsharded(tmp_path, tie):
-    mp.start_processes(_worker, args=(_free_port(), tie, str(tmp_path)), nprocs=WORLD, start_method="spawn")
+@pytest.mark.parametrize("tie,own_head", [(False, False), (True, False), (False, True)])
+def test_fsdp2_analysis_equals_unsharded(tmp_path, tie, own_head):
+    # the ranks analyse 2 and 3 traces: with a separately sharded LM head, the head's gathers must
+    # not depend on the number of traces (or the ranks would hang)
+    mp.start_processes(
+        _worker, args=(_free_port(), tie, own_head, str(tmp_path)), nprocs=WORLD, start_method="spawn"
+    )
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert len(got["plain"]) == len(got["sharded"]) == 2 + rank

@@ -9,6 +9,13 @@ their hooks as usual.
 
 :func:`full_parameters` unshards every FSDP2 module the analysis bypasses for the duration of
 the block and reshards it afterwards, so callers never have to. Outside FSDP2 it does nothing.
+
+The LM head is called once per sequence (and per logits chunk), so when it is an FSDP2 module of
+its own (verl wraps ``lm_head`` and ``embed_tokens`` apart from the layers) each call would
+all-gather, and ranks analysing different numbers of sequences would issue different numbers of
+collectives and hang. :func:`full_parameters` therefore also keeps such a head unsharded for the
+whole block (no reshard after each of its forwards), so the collectives of an analysis call do not
+depend on the data.
 """
 
 from __future__ import annotations
@@ -50,14 +57,44 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return FSDPModule is not None and any(isinstance(m, FSDPModule) for m in model.modules())
 
 
+def sharded_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The LM head when it is an FSDP2 module of its own (not the model itself), else None."""
+    if FSDPModule is None or not hasattr(model, "get_output_embeddings"):
+        return None
+    head = model.get_output_embeddings()
+    return head if isinstance(head, FSDPModule) and head is not model else None
+
+
+def _reshards_after_forward(module: torch.nn.Module) -> bool:
+    """Whether an FSDP2 module frees its gathered parameters after each forward (default: yes)."""
+    groups = getattr(module._get_fsdp_state(), "_fsdp_param_groups", None)  # no public getter
+    if not groups:
+        return True
+    return any(getattr(group, "post_forward_mesh_info", None) is not None for group in groups)
+
+
 @contextmanager
 def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Unshard the FSDP2 modules the analysis bypasses, reshard them on exit (no-op otherwise)."""
+    """Unshard the FSDP2 modules the analysis bypasses (and a sharded LM head); reshard all on exit.
+
+    A no-op outside FSDP2.
+    """
     modules = bypassed_fsdp_modules(model)
+    head = sharded_head(model)
     for module in modules:
         module.unshard()
+    reshard_head = False
+    if head is not None:
+        reshard_head = _reshards_after_forward(head)
+        head.unshard()
+        head.set_reshard_after_forward(False, recurse=False)  # its forwards keep the gathered weights
     try:
         yield model
     finally:
-        for module in reversed(modules):
-            module.reshard()
+        if head is not None:
+            head.set_reshard_after_forward(reshard_head, recurse=False)
+        # every FSDP2 module, not only those unsharded above: modules called outside the root's
+        # forward (e.g. an embedding sharded on its own) may keep their gathered weights otherwise
+        if FSDPModule is not None:
+            for module in reversed([m for m in model.modules() if isinstance(m, FSDPModule)]):
+                module.reshard()

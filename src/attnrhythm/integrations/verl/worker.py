@@ -1,0 +1,63 @@
+"""verl's hybrid actor worker with one more method: the rhythm credit of a rollout batch.
+
+:class:`RhythmActorRolloutRefWorker` is verl 0.9's ``ActorRolloutRefWorker`` (the Ray worker that
+holds the actor's training engine, e.g. ``FSDPEngineWithLMHead``, plus rollout and reference) with
+:meth:`~RhythmActorRolloutRefWorker.compute_rhythm_credit`, registered like verl's own
+``compute_log_prob``: the single controller splits the batch over the actor's data-parallel
+ranks, each rank analyses its slice with the engine's live module (FSDP2 parameters are gathered
+for the forward), and the outputs go back to the TransferQueue under the batch's keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
+from verl.utils import tensordict_utils as tu
+from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from ...errors import AttnRhythmError
+from ...train.config import RhythmCreditConfig
+from .credit import COUNT_KEYS, batch_credit
+
+SETTINGS_KEY = "rhythm_credit"  # non-tensor entry of the batch: the RhythmCreditConfig fields
+STEP_KEY = "rhythm_step"  # non-tensor entry of the batch: the trainer's global step
+GAMMA_FIELD = "rhythm_gamma"
+COUNTS_FIELD = "rhythm_counts"
+
+
+def counts_rows(counts: dict[str, float], rows: int) -> torch.Tensor:
+    """(rows, len(COUNT_KEYS)) float64: this rank's totals in row 0, zeros below (sum = totals)."""
+    out = torch.zeros(rows, len(COUNT_KEYS), dtype=torch.float64)
+    if rows:
+        out[0] = torch.tensor([counts[key] for key in COUNT_KEYS], dtype=torch.float64)
+    return out
+
+
+class RhythmActorRolloutRefWorker(ActorRolloutRefWorker):
+    """``ActorRolloutRefWorker`` that can also compute attention-rhythm credit with its actor."""
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_rhythm_credit(self, data: TensorDict) -> TensorDict | None:
+        """Rhythm credit of this rank's slice of a rollout batch, from the current actor.
+
+        ``data`` carries ``prompts``, ``responses``, ``response_mask`` (plus ``attention_mask`` in
+        the padded layout) and the non-tensor entries ``rhythm_credit`` (a dict of
+        :class:`RhythmCreditConfig` fields) and ``rhythm_step``. Returns ``rhythm_gamma``, laid out
+        like ``responses`` (nested or padded), and ``rhythm_counts`` (B, K): this rank's token
+        counts (:data:`~attnrhythm.integrations.verl.credit.COUNT_KEYS`) in its first row, so the
+        sum over a batch's rows is the batch's total. Every actor rank must take part.
+        """
+        if self.actor is None:
+            raise AttnRhythmError(f"rhythm credit needs the actor, but this worker's role is {self.role!r}")
+        settings = RhythmCreditConfig(**(tu.get(data, SETTINGS_KEY, None) or {}))
+        step = int(tu.get(data, STEP_KEY, 0) or 0)
+        engine = self.actor.engine
+        with engine.eval_mode():
+            gamma, counts = batch_credit(
+                engine.module, data, settings, step=step, rank=engine.get_data_parallel_rank()
+            )
+        if not engine.is_mp_src_rank_with_outputs():
+            return None
+        rows = data.batch_size[0]
+        return TensorDict({GAMMA_FIELD: gamma, COUNTS_FIELD: counts_rows(counts, rows)}, batch_size=[rows])
