@@ -9,6 +9,8 @@ their hooks as usual.
 
 :func:`full_parameters` unshards every FSDP2 module the analysis bypasses for the duration of
 the block and reshards it afterwards, so callers never have to. Outside FSDP2 it does nothing.
+:func:`agreed_count` gives the number of analysis forwards every rank must run (the maximum over
+ranks), so a rank with fewer sequences can pad with dummy forwards.
 """
 
 from __future__ import annotations
@@ -61,3 +63,21 @@ def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     finally:
         for module in reversed(modules):
             module.reshard()
+
+
+def agreed_count(count: int, model: torch.nn.Module) -> int:
+    """The largest ``count`` over the ranks when ``model`` is FSDP2-sharded in a process group.
+
+    Every rank of a sharded model must run the same number of forwards (each one all-gathers the
+    parameters); a rank that needs fewer pads with dummy forwards up to this number. Without a
+    process group or without FSDP2 it is ``count`` itself (no communication).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and is_sharded(model)):
+        return count
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    value = torch.tensor([count], dtype=torch.long, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
