@@ -15,6 +15,7 @@ ranks), so a rank with fewer sequences can pad with dummy forwards.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -52,10 +53,33 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return FSDPModule is not None and any(isinstance(m, FSDPModule) for m in model.modules())
 
 
+_ROOT_READY: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+def ensure_root_initialised(model: torch.nn.Module) -> None:
+    """Run one tiny forward through the FSDP2 root before the analysis bypasses it (once per model).
+
+    FSDP2 sets itself up lazily on the first forward: the module whose forward runs first becomes
+    the root. Were that a decoder layer (the analysis calls the layers without the root), a later
+    ordinary forward of the model would fail ("FSDP requires running forward through the root
+    module first"). The tiny forward (one token, no gradients) settles the root as the model;
+    when training already ran one it is harmless. Like any FSDP forward, every rank runs it.
+    """
+    if FSDPModule is None or not isinstance(model, FSDPModule) or model in _ROOT_READY:
+        return
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    with torch.no_grad():
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+    _ROOT_READY.add(model)
+
+
 @contextmanager
 def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Unshard the FSDP2 modules the analysis bypasses, reshard them on exit (no-op otherwise)."""
     modules = bypassed_fsdp_modules(model)
+    if modules:
+        ensure_root_initialised(model)
     for module in modules:
         module.unshard()
     try:

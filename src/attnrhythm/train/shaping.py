@@ -119,10 +119,11 @@ def rollout_gamma(
         # similar lengths together: less padding inside each credit forward
         todo.sort(key=lambda item: len(item[1].input_ids))
         chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+        forwards = agreed_count(len(chunks), analyzer.model)  # before any forward: a collective itself
         for chunk in chunks:
             out = analyzer.analyze([trace for _, trace in chunk])
             results.extend((b, res) for (b, _), res in zip(chunk, out))
-        for _ in range(agreed_count(len(chunks), analyzer.model) - len(chunks)):
+        for _ in range(forwards - len(chunks)):
             analyzer.analyze([dummy_trace()])
     return credit_from_results(
         analyzer.config.credit,
