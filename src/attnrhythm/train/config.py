@@ -12,6 +12,25 @@ from ..rhythm import parse_horizon
 CREDIT_FORWARDS: tuple[str, ...] = ("auto", "fused", "separate")
 
 
+def trl_runs_old_logps_forward(
+    gradient_accumulation_steps: int, steps_per_generation: int, num_iterations: int, vllm_is: bool = False
+) -> bool:
+    """TRL 1.16's condition for its no-grad ``old_per_token_logps`` forward over each rollout batch.
+
+    Gradient accumulation not a multiple of the generation period (``steps_per_generation x
+    num_iterations``; with TRL's default ``steps_per_generation`` that is ``num_iterations > 1``),
+    or vLLM importance-sampling correction (``vllm_is``).
+    """
+    return gradient_accumulation_steps % (steps_per_generation * num_iterations) != 0 or vllm_is
+
+
+FUSED_NEEDS_OLD_LOGPS = (
+    "credit_forward 'fused' needs TRL's old-logprob forward, which these settings skip (num_iterations "
+    "is 1 and gradient accumulation divides the generation period): use 'auto' or 'separate', or "
+    "num_iterations > 1"
+)
+
+
 @dataclass
 class RhythmCreditConfig:
     """How :class:`RhythmGRPOTrainer` turns a policy's attention into per-token credit.
@@ -64,6 +83,11 @@ class RhythmCreditConfig:
         if self.credit_forward not in CREDIT_FORWARDS:
             raise AttnRhythmError(
                 f"bad credit forward {self.credit_forward!r}: use one of {', '.join(CREDIT_FORWARDS)}"
+            )
+        if self.credit_forward == "fused" and self.strategy == "entropy":
+            raise AttnRhythmError(
+                "credit_forward 'fused' cannot give the entropy strategy its entropy (TRL's forward "
+                "keeps tempered log-probs only): use 'auto' or 'separate'"
             )
         if self.batch_size < 1:
             raise AttnRhythmError(f"bad credit batch size {self.batch_size}: it must be >= 1")

@@ -77,7 +77,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from ..analyze import Analyzer, TraceResult
 from ..credit import shape_advantages
 from ..errors import AttnRhythmError
-from .config import RhythmCreditConfig
+from .config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
 from .shaping import ROLE_NAMES, capturing_rollout, credit_from_results, rollout_gamma
 
 _IMAGE_KEYS = ("pixel_values", "image_grid_thw", "num_images")
@@ -117,18 +117,16 @@ class RhythmGRPOTrainer(GRPOTrainer):
             self._rhythm_analyzer = Analyzer(self._rhythm_policy(), self.rhythm.analysis_config())
 
     def trl_runs_old_logps_forward(self) -> bool:
-        """Whether TRL 1.16 runs its no-grad ``old_per_token_logps`` forward for every rollout batch.
-
-        The condition of ``GRPOTrainer._generate_and_score_completions``: gradient accumulation not
-        a multiple of the generation period (``steps_per_generation x num_iterations``; with the
-        default ``steps_per_generation`` that is ``num_iterations > 1``), or vLLM importance
-        sampling correction.
-        """
-        every = self.args.steps_per_generation * self.num_iterations
+        """Whether TRL runs its no-grad ``old_per_token_logps`` forward for every rollout batch."""
         vllm_is = getattr(self, "use_vllm", False) and getattr(
             self, "vllm_importance_sampling_correction", False
         )
-        return self.args.gradient_accumulation_steps % every != 0 or bool(vllm_is)
+        return trl_runs_old_logps_forward(
+            self.args.gradient_accumulation_steps,
+            self.args.steps_per_generation,
+            self.num_iterations,
+            bool(vllm_is),
+        )
 
     def _fused_credit(self) -> bool:
         """Resolve ``rhythm.credit_forward`` against these training arguments (errors for ``fused``)."""
@@ -138,16 +136,7 @@ class RhythmGRPOTrainer(GRPOTrainer):
         possible = self.trl_runs_old_logps_forward()
         if mode == "fused":
             if not possible:
-                raise AttnRhythmError(
-                    "credit_forward 'fused' needs TRL's old-logprob forward, which these settings skip "
-                    "(num_iterations is 1 and gradient accumulation divides the generation period): "
-                    "use 'auto' or 'separate', or num_iterations > 1"
-                )
-            if self.rhythm.strategy == "entropy":
-                raise AttnRhythmError(
-                    "credit_forward 'fused' cannot give the entropy strategy its entropy (TRL's forward "
-                    "keeps tempered log-probs only): use 'auto' or 'separate'"
-                )
+                raise AttnRhythmError(FUSED_NEEDS_OLD_LOGPS)
         return possible and self.rhythm.strategy != "entropy"
 
     # -- the hooks ----------------------------------------------------------------------

@@ -62,7 +62,7 @@ from typing import Any
 
 from ..errors import AttnRhythmError
 from ..tasks import Task, get_task
-from .config import RhythmCreditConfig
+from .config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
 from .rewards import completion_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -82,6 +82,9 @@ class TrainSettings:
         strategy, selection, q, amp, alpha, k: the credit (METHOD.md section 5).
         rhythm_options: further :class:`RhythmCreditConfig` fields (``window``, ``fai_horizon``,
             ``layers``, ``batch_size``, ...).
+        credit_forward: ``auto`` (default), ``fused`` or ``separate``: whether the attention
+            statistics are captured in TRL's own old-logprob forward (run when ``num_iterations``
+            > 1) or come from a separate credit forward (see :class:`RhythmCreditConfig`).
         model: ``embedded``, a checkpoint directory, a ``.gguf`` file or a cached hub id.
         steps: optimiser steps (``max_steps``).
         learning_rate: 1e-5 by default, so that a few dozen CPU steps move the policy; the paper
@@ -89,6 +92,8 @@ class TrainSettings:
         num_generations: completions per prompt (the GRPO group).
         per_device_train_batch_size: completions per optimiser step (a multiple of
             ``num_generations``; prompts per step = this / num_generations).
+        num_iterations: optimiser passes over each rollout batch (TRL's ``num_iterations``; > 1
+            makes TRL compute ``old_per_token_logps``, which the fused credit reuses).
         max_completion_length, temperature: generation during training (T = 1.0 as in the paper).
         seed: TRL/Trainer seed (sampler order, generation); data_seed: the examples drawn.
         n_train: training examples drawn from the task.
@@ -107,6 +112,7 @@ class TrainSettings:
     alpha: float = 0.5
     k: int = 3
     rhythm_options: dict[str, Any] = field(default_factory=dict)
+    credit_forward: str = "auto"
     model: str = "embedded"
     output_dir: str = "runs/train"
     steps: int = 50
@@ -115,6 +121,7 @@ class TrainSettings:
     num_generations: int = 4
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
+    num_iterations: int = 1
     max_completion_length: int = 128
     temperature: float = 1.0
     seed: int = 0
@@ -175,6 +182,7 @@ class TrainSettings:
             "num_generations": 2,
             "per_device_train_batch_size": 1,
             "gradient_accumulation_steps": 1,
+            "num_iterations": 1,
             "max_completion_length": 1,
             "n_train": 1,
             "save_steps": 0,
@@ -208,7 +216,17 @@ class TrainSettings:
         if not str(self.output_dir).strip():
             raise AttnRhythmError("empty output_dir: pass a run directory with --out")
         self.make_task()
-        self.rhythm_config()
+        rhythm = self.rhythm_config()
+        if rhythm.credit_forward == "fused" and rhythm.strategy != "none":
+            grpo = self.grpo_options
+            accumulation = grpo.get("gradient_accumulation_steps", self.gradient_accumulation_steps)
+            if not trl_runs_old_logps_forward(
+                accumulation,
+                grpo.get("steps_per_generation") or accumulation,
+                grpo.get("num_iterations", self.num_iterations),
+                bool(grpo.get("use_vllm")) and grpo.get("vllm_importance_sampling_correction", True),
+            ):
+                raise AttnRhythmError(FUSED_NEEDS_OLD_LOGPS)
 
     def make_task(self) -> Task:
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in self.task_options.items()}
@@ -231,7 +249,7 @@ class TrainSettings:
             amp=self.amp,
             alpha=self.alpha,
             k=self.k,
-            **{"seed": self.seed, **options},
+            **{"seed": self.seed, "credit_forward": self.credit_forward, **options},
         )
 
     def use_cpu(self) -> bool:
@@ -470,6 +488,7 @@ def _grpo_config(settings: TrainSettings, output_dir: Path) -> Any:
         num_generations=settings.num_generations,
         per_device_train_batch_size=settings.per_device_train_batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        num_iterations=settings.num_iterations,
         max_completion_length=settings.max_completion_length,
         temperature=settings.temperature,
         seed=settings.seed,
