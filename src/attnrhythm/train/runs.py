@@ -579,9 +579,11 @@ def train(
 
         resolve_checkpoint(settings.model)  # a bad model spec fails before anything is written
     resume_from = check_run_dir(settings, resume=resume, overwrite=overwrite)
-    if resume_from is not None:
+    # several processes (torchrun / accelerate launch): the first one alone writes the run's files
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process and resume_from is not None:
         _truncate_metrics(output_dir, int(_CHECKPOINT_RE.match(resume_from.name).group(1)))
-    else:  # a fresh run (or --overwrite): nothing of an earlier run may be resumed or mixed in later
+    elif main_process:  # a fresh run (or --overwrite): nothing of an earlier run may be resumed or mixed in
         import shutil
 
         (output_dir / METRICS_FILE).unlink(missing_ok=True)
@@ -589,7 +591,8 @@ def train(
             shutil.rmtree(path)
         shutil.rmtree(output_dir / FINAL_DIR, ignore_errors=True)
     output_dir.mkdir(parents=True, exist_ok=True)
-    settings.to_yaml(output_dir / SETTINGS_FILE)
+    if main_process:
+        settings.to_yaml(output_dir / SETTINGS_FILE)
 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -620,11 +623,13 @@ def train(
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     final = output_dir / FINAL_DIR
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    trainer.save_model(str(final))  # every rank takes part (sharded models); transformers writes once
+    trainer.accelerator.wait_for_everyone()  # the metrics and the model are complete past this point
     records = read_metrics(output_dir)
-    title = f"{settings.task} / {settings.strategy} / seed {settings.seed}"
-    plot_reward_curve(records, output_dir / CURVE_FILE, title=title)
+    if main_process:
+        tokenizer.save_pretrained(str(final))
+        title = f"{settings.task} / {settings.strategy} / seed {settings.seed}"
+        plot_reward_curve(records, output_dir / CURVE_FILE, title=title)
     seconds = [r["seconds_per_step"] for r in records if r.get("seconds_per_step") is not None]
     rhythm = [r.get("rhythm_seconds") or 0.0 for r in records]
     return {
