@@ -169,3 +169,26 @@ def test_auto_and_errors(tokenizer, tmp_path):
         make(tokenizer, tmp_path, rhythm_config("entropy", credit_forward="fused"), num_iterations=2)
     with pytest.raises(AttnRhythmError, match="credit forward"):
         RhythmCreditConfig(credit_forward="both")
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_separate_forward_uses_trl_unwrap_with_zero3_gather_flag(tokenizer, tmp_path, monkeypatch, gather):
+    """The DeepSpeed path reachable without DeepSpeed: TRL's unwrap gets ``ds3_gather_for_generation``."""
+    from contextlib import contextmanager
+
+    import attnrhythm.train.credit_trainer as ct
+
+    trainer = make(tokenizer, tmp_path, rhythm_config("coupled"), ds3_gather_for_generation=gather)
+    calls = []
+    real = ct.unwrap_model_for_generation
+
+    @contextmanager
+    def recording(model, accelerator, **kwargs):
+        calls.append(kwargs)
+        with real(model, accelerator, **kwargs) as unwrapped:
+            yield unwrapped
+
+    monkeypatch.setattr(ct, "unwrap_model_for_generation", recording)
+    batch = stub_batch(tokenizer)
+    trainer._apply_rhythm_credit(batch)
+    assert len(calls) == 1 and calls[0]["gather_deepspeed3_params"] is gather
