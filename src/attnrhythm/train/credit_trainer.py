@@ -20,7 +20,9 @@ Where the attention statistics come from (``RhythmCreditConfig.credit_forward``)
   generation period, vLLM importance-sampling correction). The second hook,
   ``_get_per_token_logps_and_entropies``, activates a capture (``attnrhythm`` attention, response
   rows weighted) around exactly that call -- the first no-grad call after generation -- and the
-  credit comes out of it with no forward of its own.
+  credit comes out of it with no forward of its own. That forward runs in TRL's mode (training,
+  under TRL's autocast): for a model with dropout the statistics would then carry dropout noise,
+  which the separate forward (eval mode) does not; the decoder LLMs this targets have none.
 * ``separate``: one extra no-grad forward per chunk of sequences (:func:`rollout_gamma`), the
   policy prepared with TRL's own ``unwrap_model_for_generation`` as for generation.
 * ``auto`` (default): fused when TRL runs that forward and the strategy is not ``entropy``.
@@ -34,9 +36,10 @@ Distributed notes (what the tests cover is said for each):
   so :mod:`attnrhythm.sharding` unshards the modules whose hooks that skips (root, head path) and
   every rank runs the same number of credit forwards (dummy chunks pad the ranks with fewer
   analysable sequences). The fused capture runs inside TRL's full-model forward, where FSDP2's
-  own hooks gather the parameters. Tested: rollout_gamma and the fused capture on a
-  ``fully_shard``-ed model in 2 gloo ranks with uneven batches (tests/test_sharding.py). Not
-  tested: the whole trainer under accelerate's FSDP2 plugin (accelerate needs GPUs for FSDP).
+  own hooks gather the parameters. Tested: rollout_gamma, the fused capture and this class'
+  ``_apply_rhythm_credit`` on a ``fully_shard``-ed model in 2 gloo ranks with uneven batches
+  (tests/test_sharding.py). Not tested: the whole trainer under accelerate's FSDP2 plugin
+  (accelerate falls back to DDP for FSDP on CPU).
   ``unwrap_model_for_generation`` returns the FSDP2 module itself (it is not a wrapper), and
   TRL's ``summon_full_params`` is a no-op for FSDP2.
 * FSDP1: parameters are summoned like TRL does for generation. Untested.
@@ -46,7 +49,7 @@ Distributed notes (what the tests cover is said for each):
   in TRL's own forward. With ``ds3_gather_for_generation=False`` the separate forward runs on the
   partitioned model through ZeRO-3's fetch hooks; that path is untested (the analysis calls the
   LM head on its own). ZeRO-1/2 need nothing special. None of this is run here (no DeepSpeed on
-  CPU).
+  CPU); a unit test checks that ``ds3_gather_for_generation`` reaches TRL's unwrap.
 * vLLM (server or colocate): completions come from vLLM, the credit uses the training model, i.e.
   the current policy as the method requires; vLLM's own attention is unaffected. Untested here.
 * PEFT: the forward goes through ``get_base_model()`` (the adapted model, adapters active).
