@@ -18,7 +18,13 @@ pytest.importorskip("torch.distributed.fsdp")
 from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: E402
 
 from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput  # noqa: E402
-from attnrhythm.sharding import bypassed_fsdp_modules, full_parameters, is_sharded  # noqa: E402
+from attnrhythm.sharding import (  # noqa: E402
+    agreed_count,
+    bypassed_fsdp_modules,
+    full_parameters,
+    is_partitioned,
+    is_sharded,
+)
 
 WORLD = 2
 
@@ -225,3 +231,11 @@ def test_fsdp2_credit_uneven_batches(tmp_path):
         adv = g["advantages"][:, None].expand_as(g["plain"])
         expected = torch.where(adv >= 0, adv * g["plain"], adv)
         torch.testing.assert_close(g["trainer"], expected, rtol=0, atol=0)
+
+
+def test_agreed_count_without_a_process_group():
+    model = _tiny_llama()
+    assert not dist.is_initialized()
+    assert agreed_count(3, model) == 3  # no communication outside a process group
+    next(model.parameters()).ds_id = 0  # what DeepSpeed ZeRO-3 marks its parameters with
+    assert is_partitioned(model) and not is_sharded(model)

@@ -89,16 +89,26 @@ def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             module.reshard()
 
 
-def agreed_count(count: int, model: torch.nn.Module) -> int:
-    """The largest ``count`` over the ranks when ``model`` is FSDP2-sharded in a process group.
+def is_partitioned(model: torch.nn.Module) -> bool:
+    """True for FSDP2 (:func:`is_sharded`) or DeepSpeed ZeRO-3 parameters (they carry ``ds_id``).
 
-    Every rank of a sharded model must run the same number of forwards (each one all-gathers the
-    parameters); a rank that needs fewer pads with dummy forwards up to this number. Without a
-    process group or without FSDP2 it is ``count`` itself (no communication).
+    Either way a forward may all-gather parameters, so every rank must run as many forwards.
+    """
+    return is_sharded(model) or any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def agreed_count(count: int, model: torch.nn.Module) -> int:
+    """The largest ``count`` over the ranks when ``model`` is partitioned in a process group.
+
+    Every rank of a sharded model (FSDP2, or ZeRO-3 without gathered weights) must run the same
+    number of forwards (each one all-gathers parameters); a rank that needs fewer pads with
+    dummy forwards up to this number. Call it before the first of those forwards: it is a
+    collective itself. Without a process group or a partitioned model it is ``count`` itself
+    (no communication).
     """
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized() and is_sharded(model)):
+    if not (dist.is_available() and dist.is_initialized() and is_partitioned(model)):
         return count
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")

@@ -47,9 +47,10 @@ Distributed notes (what the tests cover is said for each):
   weights are gathered with ``deepspeed.zero.GatheredParameters`` for the separate forward, so
   every rank briefly holds the full model, exactly as during generation; the fused capture runs
   in TRL's own forward. With ``ds3_gather_for_generation=False`` the separate forward runs on the
-  partitioned model through ZeRO-3's fetch hooks; that path is untested (the analysis calls the
-  LM head on its own). ZeRO-1/2 need nothing special. None of this is run here (no DeepSpeed on
-  CPU); a unit test checks that ``ds3_gather_for_generation`` reaches TRL's unwrap.
+  partitioned model through ZeRO-3's fetch hooks, the ranks agreeing on the number of credit
+  forwards as under FSDP2; that path is untested (the analysis calls the LM head on its own).
+  ZeRO-1/2 need nothing special. None of this is run here (no DeepSpeed on CPU); a unit test
+  checks that ``ds3_gather_for_generation`` reaches TRL's unwrap.
 * vLLM (server or colocate): completions come from vLLM, the credit uses the training model, i.e.
   the current policy as the method requires; vLLM's own attention is unaffected. Untested here.
 * PEFT: the forward goes through ``get_base_model()`` (the adapted model, adapters active).

@@ -32,7 +32,8 @@ The run directory (``output_dir``) holds:
   ``seconds_per_step``        wall time of the step (generation, reward, credit, backward, update)
   ``rhythm_seconds``          wall time of the credit forward within the step (0 for ``none``)
   ``rhythm/*``                every credit metric of :class:`RhythmGRPOTrainer` (``gamma_mean``,
-                              ``amplified_share``, ``seconds``, role shares, ``analysed_share``)
+                              ``amplified_share``, ``seconds``, role shares, ``analysed_share``,
+                              ``fused``: 1 when captured in TRL's forward)
   ``time``                    Unix time of the record
   ==========================  ==================================================================
 
