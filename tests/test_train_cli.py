@@ -274,6 +274,8 @@ def test_train_and_eval_on_a_reasoning_gym_task(capsys, tiny_dir, tmp_path):
         (("eval", "--task", "rg:countdown:colour=red"), "no option colour"),
         (("train", "--task", "chess"), "unknown task"),
         (("train", "--strategy", "best"), "unknown credit strategy"),
+        (("train", "--credit-forward", "both"), "bad credit forward"),
+        (("train", "--num-iterations", 0), "num_iterations"),
         (("train", "--steps", 0), "steps"),
         (("train", "--model", "/nonexistent/model-dir", "--steps", 1), "does not exist"),
         (("train", "--task-option", "n_numbers"), "KEY=VALUE"),
@@ -286,6 +288,19 @@ def test_bad_input_is_one_line(capsys, tmp_path, args, needle):
     code, _, err = run(capsys, *args, *(("--out", tmp_path / "o") if args[0] == "train" else ()))
     assert code != 0
     assert needle in one_error_line(err)
+
+
+def test_fused_credit_forward(capsys, tiny_dir, tiny_yaml, tmp_path):
+    """--num-iterations 2: the credit is captured in TRL's old-logprob forward; fused without it: error."""
+    base = ("train", "--config", tiny_yaml, "--model", tiny_dir, "--credit-forward", "fused")
+    code, _, err = run(capsys, *base, "--num-iterations", "2", "--out", tmp_path / "fused")
+    assert code == 0, err
+    records = read_metrics(tmp_path / "fused")
+    assert [r["step"] for r in records] == [1]  # a record per rollout batch, which serves 2 steps
+    assert records[0]["rhythm/fused"] == 1.0 and records[0]["rhythm/gamma_mean"] > 1.0
+    assert TrainSettings.from_yaml(tmp_path / "fused" / "settings.yaml").credit_forward == "fused"
+    code, _, err = run(capsys, *base, "--out", tmp_path / "no-old-logps")
+    assert code != 0 and "old-logprob forward" in one_error_line(err)
 
 
 def test_bad_config_and_resume_without_checkpoint(capsys, tmp_path):

@@ -284,10 +284,6 @@ class Analyzer:
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
         ids, mask, position_ids = ids.to(device), mask.to(device), position_ids.to(device)
 
-        horizon = self.config.fai_horizon
-        bands = [horizon]
-        if self.config.receiver_count != 0 and (self.config.proximity, None) not in bands:
-            bands.append((self.config.proximity, None))
         spans: list[tuple[int, int] | None] | None = None
         if self.config.save_maps is not None:
             spans = []
@@ -295,14 +291,7 @@ class Analyzer:
                 s0, s1 = clip_span(self.config.save_maps, len(t.input_ids) - t.response_start)
                 offset = length - len(t.input_ids) + t.response_start
                 spans.append((offset + s0, offset + s1))
-        capture = cap.Capture(
-            layers=self.layers,
-            window=self.config.window,
-            bands=bands,
-            row_weight=row_weight.to(device),
-            tile_size=self.config.tile_size,
-            blocks=spans,
-        )
+        capture = self.new_capture(row_weight.to(device), blocks=spans)
         was_training = model.training
         model.eval()
         try:
@@ -312,12 +301,7 @@ class Analyzer:
                 ).last_hidden_state
         finally:
             model.train(was_training)
-        missing = [layer for layer in self.layers if layer not in capture.results]
-        if missing:
-            raise AttnRhythmError(
-                f"layers {missing} were not captured: {type(model).__name__} does not route them through "
-                "transformers' attention interface"
-            )
+        self._check_captured(capture)
         results = []
         for b, trace in enumerate(traces):
             pad = length - len(trace.input_ids)
@@ -325,6 +309,66 @@ class Analyzer:
             ent, logp = self._response_logits(hidden[b], ids[b], r0)
             results.append(self._finish(trace, capture, b, r0, ent, logp))
         return results
+
+    # -- the post-forward part, reusable with a capture taken in someone else's forward --
+    def capture_bands(self) -> list[tuple[int, int | None]]:
+        """The column-reduction horizons the metrics need: FAI's band, plus the receivers' one."""
+        bands = [self.config.fai_horizon]
+        if self.config.receiver_count != 0 and (self.config.proximity, None) not in bands:
+            bands.append((self.config.proximity, None))
+        return bands  # type: ignore[return-value]
+
+    def new_capture(
+        self, row_weight: torch.Tensor, blocks: list[tuple[int, int] | None] | None = None
+    ) -> cap.Capture:
+        """A :class:`~attnrhythm.capture.Capture` of this analysis for a (B, N) padded batch.
+
+        ``row_weight`` is 1 on the response rows of each sequence (the rows whose attention the
+        column reductions sum), 0 elsewhere. Activate it with :func:`~attnrhythm.capture.capturing`
+        around any forward of this model over that batch, then call :meth:`results_from_capture`.
+        """
+        return cap.Capture(
+            layers=self.layers,
+            window=self.config.window,
+            bands=self.capture_bands(),
+            row_weight=row_weight,
+            tile_size=self.config.tile_size,
+            blocks=blocks,
+        )
+
+    def results_from_capture(
+        self,
+        capture: cap.Capture,
+        traces: list[TraceInput],
+        rows: list[int],
+        starts: list[int],
+        entropy: list[torch.Tensor] | None = None,
+        logprob: list[torch.Tensor] | None = None,
+    ) -> list[TraceResult]:
+        """Metrics, roles and gamma of ``traces`` from a capture taken in an external forward.
+
+        ``traces[i]`` is row ``rows[i]`` of the captured batch, its first response token at padded
+        position ``starts[i]`` (tokens after its response, e.g. right padding, are ignored).
+        ``entropy``/``logprob`` are per-trace response vectors when known; without ``entropy`` the
+        metrics hold NaN and the ``entropy`` strategy's gamma is left out (it needs the logits).
+        """
+        self._check_captured(capture)
+        results = []
+        for i, (trace, b, r0) in enumerate(zip(traces, rows, starts)):
+            n = len(trace.input_ids) - trace.response_start
+            nan = torch.full((n,), float("nan"))
+            ent = entropy[i] if entropy is not None else nan
+            logp = logprob[i] if logprob is not None else nan
+            results.append(self._finish(trace, capture, b, r0, ent, logp, with_entropy=entropy is not None))
+        return results
+
+    def _check_captured(self, capture: cap.Capture) -> None:
+        missing = [layer for layer in self.layers if layer not in capture.results]
+        if missing:
+            raise AttnRhythmError(
+                f"layers {missing} were not captured: {type(self.model).__name__} does not route them "
+                "through transformers' attention interface"
+            )
 
     def _response_logits(
         self, hidden: torch.Tensor, ids: torch.Tensor, r0: int
@@ -346,21 +390,30 @@ class Analyzer:
         return torch.cat(ent).cpu(), torch.cat(logp).cpu()
 
     def _finish(
-        self, trace: TraceInput, capture: cap.Capture, b: int, r0: int, ent: torch.Tensor, logp: torch.Tensor
+        self,
+        trace: TraceInput,
+        capture: cap.Capture,
+        b: int,
+        r0: int,
+        ent: torch.Tensor,
+        logp: torch.Tensor,
+        *,
+        with_entropy: bool = True,
     ) -> TraceResult:
         cfg = self.config
         horizon = cfg.fai_horizon
-        dist_rows = torch.stack([capture.results[layer].dist[b, :, r0:] for layer in self.layers]).cpu()
-        waad_rows = torch.stack([capture.results[layer].waad[b, :, r0:] for layer in self.layers]).cpu()
+        r1 = r0 + len(trace.input_ids) - trace.response_start  # the response rows [r0, r1) of row b
+        dist_rows = torch.stack([capture.results[layer].dist[b, :, r0:r1] for layer in self.layers]).cpu()
+        waad_rows = torch.stack([capture.results[layer].waad[b, :, r0:r1] for layer in self.layers]).cpu()
         col_rows = torch.stack(
-            [capture.results[layer].cols[horizon][b, :, r0:] for layer in self.layers]
+            [capture.results[layer].cols[horizon][b, :, r0:r1] for layer in self.layers]
         ).cpu()
         distance = head_distance(dist_rows)
         receivers: list[tuple[int, int]] = []
         fai_receiver = None
         if cfg.receiver_count != 0:
             prox_rows = torch.stack(
-                [capture.results[layer].cols[(cfg.proximity, None)][b, :, r0:] for layer in self.layers]
+                [capture.results[layer].cols[(cfg.proximity, None)][b, :, r0:r1] for layer in self.layers]
             ).cpu()
             count = cfg.receiver_count or max(1, round_half_up(cfg.head_quantile * distance.numel()))
             receivers, _ = receiver_heads(prox_rows, cfg.proximity, min(count, distance.numel()))
@@ -390,6 +443,7 @@ class Analyzer:
         gammas = {
             name: gamma(name, waad=w, fai=f, delta=dl, entropy=ent, config=credit, roles=roles)
             for name in STRATEGIES
+            if with_entropy or name != "entropy"
         }
         maps = None
         first = capture.results[self.layers[0]]

@@ -71,6 +71,14 @@ def register(app: typer.Typer) -> None:
         amp: float = typer.Option(None, "--amp", help="Credit amplification of selected tokens."),
         alpha: float = typer.Option(None, "--alpha", help="Share of a dominated anchor's credit moved."),
         k: int = typer.Option(None, "--k", help="Look-back for the introductory token."),
+        credit_forward: str = typer.Option(
+            None,
+            "--credit-forward",
+            help="auto, fused (captured in TRL's old-logprob forward; needs --num-iterations > 1), separate.",
+        ),
+        num_iterations: int = typer.Option(
+            None, "--num-iterations", help="Optimiser passes over each rollout batch (TRL's num_iterations)."
+        ),
         model: str = typer.Option(
             None, "--model", "-m", help="'embedded', a checkpoint directory, a .gguf file or a cached hub id."
         ),
@@ -114,6 +122,8 @@ def register(app: typer.Typer) -> None:
             amp=amp,
             alpha=alpha,
             k=k,
+            credit_forward=credit_forward,
+            num_iterations=num_iterations,
             model=model,
             steps=steps,
             learning_rate=learning_rate,

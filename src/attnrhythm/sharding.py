@@ -16,10 +16,14 @@ all-gather, and ranks analysing different numbers of sequences would issue diffe
 collectives and hang. :func:`full_parameters` therefore also keeps such a head unsharded for the
 whole block (no reshard after each of its forwards), so the collectives of an analysis call do not
 depend on the data.
+
+:func:`agreed_count` gives the number of analysis forwards every rank must run (the maximum over
+ranks), so a rank with fewer sequences can pad with dummy forwards.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -73,6 +77,27 @@ def _reshards_after_forward(module: torch.nn.Module) -> bool:
     return any(getattr(group, "post_forward_mesh_info", None) is not None for group in groups)
 
 
+_ROOT_READY: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+def ensure_root_initialised(model: torch.nn.Module) -> None:
+    """Run one tiny forward through the FSDP2 root before the analysis bypasses it (once per model).
+
+    FSDP2 sets itself up lazily on the first forward: the module whose forward runs first becomes
+    the root. Were that a decoder layer (the analysis calls the layers without the root), a later
+    ordinary forward of the model would fail ("FSDP requires running forward through the root
+    module first"). The tiny forward (one token, no gradients) settles the root as the model;
+    when training already ran one it is harmless. Like any FSDP forward, every rank runs it.
+    """
+    if FSDPModule is None or not isinstance(model, FSDPModule) or model in _ROOT_READY:
+        return
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    with torch.no_grad():
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+    _ROOT_READY.add(model)
+
+
 @contextmanager
 def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Unshard the FSDP2 modules the analysis bypasses (and a sharded LM head); reshard all on exit.
@@ -80,6 +105,8 @@ def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     A no-op outside FSDP2.
     """
     modules = bypassed_fsdp_modules(model)
+    if modules:
+        ensure_root_initialised(model)
     head = sharded_head(model)
     for module in modules:
         module.unshard()
@@ -98,3 +125,31 @@ def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         if FSDPModule is not None:
             for module in reversed([m for m in model.modules() if isinstance(m, FSDPModule)]):
                 module.reshard()
+
+
+def is_partitioned(model: torch.nn.Module) -> bool:
+    """True for FSDP2 (:func:`is_sharded`) or DeepSpeed ZeRO-3 parameters (they carry ``ds_id``).
+
+    Either way a forward may all-gather parameters, so every rank must run as many forwards.
+    """
+    return is_sharded(model) or any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def agreed_count(count: int, model: torch.nn.Module) -> int:
+    """The largest ``count`` over the ranks when ``model`` is partitioned in a process group.
+
+    Every rank of a sharded model (FSDP2, or ZeRO-3 without gathered weights) must run the same
+    number of forwards (each one all-gathers parameters); a rank that needs fewer pads with
+    dummy forwards up to this number. Call it before the first of those forwards: it is a
+    collective itself. Without a process group or a partitioned model it is ``count`` itself
+    (no communication).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and is_partitioned(model)):
+        return count
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    value = torch.tensor([count], dtype=torch.long, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())

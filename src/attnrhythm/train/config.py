@@ -9,6 +9,27 @@ from ..credit import STRATEGIES, CreditConfig
 from ..errors import AttnRhythmError
 from ..rhythm import parse_horizon
 
+CREDIT_FORWARDS: tuple[str, ...] = ("auto", "fused", "separate")
+
+
+def trl_runs_old_logps_forward(
+    gradient_accumulation_steps: int, steps_per_generation: int, num_iterations: int, vllm_is: bool = False
+) -> bool:
+    """TRL 1.16's condition for its no-grad ``old_per_token_logps`` forward over each rollout batch.
+
+    Gradient accumulation not a multiple of the generation period (``steps_per_generation x
+    num_iterations``; with TRL's default ``steps_per_generation`` that is ``num_iterations > 1``),
+    or vLLM importance-sampling correction (``vllm_is``).
+    """
+    return gradient_accumulation_steps % (steps_per_generation * num_iterations) != 0 or vllm_is
+
+
+FUSED_NEEDS_OLD_LOGPS = (
+    "credit_forward 'fused' needs TRL's old-logprob forward, which these settings skip (num_iterations "
+    "is 1 and gradient accumulation divides the generation period): use 'auto' or 'separate', or "
+    "num_iterations > 1"
+)
+
 
 @dataclass
 class RhythmCreditConfig:
@@ -24,6 +45,13 @@ class RhythmCreditConfig:
             :class:`~attnrhythm.analyze.AnalysisConfig` (METHOD.md sections 1-3).
         tile_size, logits_chunk: memory knobs of the streaming capture.
         batch_size: sequences per credit forward pass (the batch is cut into chunks of this size).
+        credit_forward: where the attention statistics come from. ``separate``: one extra no-grad
+            forward of the policy per rollout batch. ``fused``: captured inside the no-grad forward
+            TRL itself runs for ``old_per_token_logps`` (when ``num_iterations > 1``, when gradient
+            accumulation does not divide the generation period, or with vLLM importance-sampling
+            correction), so no extra forward; an error when TRL runs no such forward or for the
+            ``entropy`` strategy (its entropy needs the untempered logits of its own forward).
+            ``auto`` (default): ``fused`` where possible, else ``separate``.
     """
 
     strategy: str = "coupled"
@@ -45,11 +73,21 @@ class RhythmCreditConfig:
     logits_chunk: int = 256
     # the credit forward
     batch_size: int = 8
+    credit_forward: str = "auto"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise AttnRhythmError(
                 f"unknown credit strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}"
+            )
+        if self.credit_forward not in CREDIT_FORWARDS:
+            raise AttnRhythmError(
+                f"bad credit forward {self.credit_forward!r}: use one of {', '.join(CREDIT_FORWARDS)}"
+            )
+        if self.credit_forward == "fused" and self.strategy == "entropy":
+            raise AttnRhythmError(
+                "credit_forward 'fused' cannot give the entropy strategy its entropy (TRL's forward "
+                "keeps tempered log-probs only): use 'auto' or 'separate'"
             )
         if self.batch_size < 1:
             raise AttnRhythmError(f"bad credit batch size {self.batch_size}: it must be >= 1")

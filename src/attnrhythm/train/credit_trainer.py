@@ -1,12 +1,11 @@
-"""GRPO with attention-rhythm credit: TRL's ``GRPOTrainer`` plus one no-grad credit forward.
+"""GRPO with attention-rhythm credit: TRL's ``GRPOTrainer`` plus the credit of the current policy.
 
 TRL 1.16's ``GRPOTrainer._generate_and_score_completions`` generates a rollout batch, scores it,
 and returns a dict whose ``advantages`` are one value per sequence, shape (B,), for this
 process' slice; ``_compute_loss`` accepts those or token-level (B, T) advantages. That method
-is the one hook overridden here: after TRL has computed the group-normalised advantages, the
-*current* policy (the weights that just generated the batch) reads each prompt + completion in
-one streaming forward (:class:`~attnrhythm.analyze.Analyzer`, no gradients), gamma is computed
-for the configured strategy, and the advantages become
+is the hook overridden here: after TRL has computed the group-normalised advantages, the
+*current* policy's attention over each prompt + completion (the weights that just generated the
+batch, no gradients) gives gamma for the configured strategy, and the advantages become
 
     A~[b, t] = gamma[b, t] * A[b]   where A[b] >= 0,
     A~[b, t] = A[b]                 where A[b] <  0        (METHOD.md section 5).
@@ -14,22 +13,46 @@ for the configured strategy, and the advantages become
 Everything downstream (buffering over ``steps_per_generation``, shuffling, every loss type)
 treats the (B, T) advantages like TRL's own.
 
-Distributed notes:
+Where the attention statistics come from (``RhythmCreditConfig.credit_forward``):
 
-* The policy is prepared with TRL's own ``unwrap_model_for_generation`` (as for generation):
-  DDP/DeepSpeed wrappers are removed and gradient checkpointing is off during the forward.
+* ``fused``: when TRL computes ``old_per_token_logps`` it runs a no-grad forward of the current
+  policy over the same rollouts (``num_iterations > 1``, gradient accumulation not dividing the
+  generation period, vLLM importance-sampling correction). The second hook,
+  ``_get_per_token_logps_and_entropies``, activates a capture (``attnrhythm`` attention, response
+  rows weighted) around exactly that call -- the first no-grad call after generation -- and the
+  credit comes out of it with no forward of its own. That forward runs in TRL's mode (training,
+  under TRL's autocast): for a model with dropout the statistics would then carry dropout noise,
+  which the separate forward (eval mode) does not; the decoder LLMs this targets have none.
+* ``separate``: one extra no-grad forward per chunk of sequences (:func:`rollout_gamma`), the
+  policy prepared with TRL's own ``unwrap_model_for_generation`` as for generation.
+* ``auto`` (default): fused when TRL runs that forward and the strategy is not ``entropy``.
+
+Distributed notes (what the tests cover is said for each):
+
+* DDP (``accelerate launch --multi_gpu`` / ``torchrun``): the per-rank credit needs no
+  communication; the ``rhythm/*`` metrics are gathered over ranks. Tested with 2 gloo CPU
+  processes under ``torchrun`` (tests/test_train_distributed.py), separate and fused.
+* FSDP2 (``fully_shard``): the separate forward calls the decoder and the LM head on their own,
+  so :mod:`attnrhythm.sharding` unshards the modules whose hooks that skips (root, head path) and
+  every rank runs the same number of credit forwards (dummy chunks pad the ranks with fewer
+  analysable sequences). The fused capture runs inside TRL's full-model forward, where FSDP2's
+  own hooks gather the parameters. Tested: rollout_gamma, the fused capture and this class'
+  ``_apply_rhythm_credit`` on a ``fully_shard``-ed model in 2 gloo ranks with uneven batches
+  (tests/test_sharding.py). Not tested: the whole trainer under accelerate's FSDP2 plugin
+  (accelerate falls back to DDP for FSDP on CPU).
+  ``unwrap_model_for_generation`` returns the FSDP2 module itself (it is not a wrapper), and
+  TRL's ``summon_full_params`` is a no-op for FSDP2.
+* FSDP1: parameters are summoned like TRL does for generation. Untested.
 * DeepSpeed ZeRO-3: with ``ds3_gather_for_generation=True`` (TRL's default) the partitioned
-  weights are gathered with ``deepspeed.zero.GatheredParameters`` for the credit forward, so
-  every rank briefly holds the full model, exactly as during generation. With
-  ``ds3_gather_for_generation=False`` the forward runs on the partitioned model through
-  ZeRO-3's fetch hooks; that path is untested (the analysis calls the LM head on its own,
-  outside the model's forward). ZeRO-1/2 need nothing special. None of this is tested here
-  (no DeepSpeed on CPU).
-* FSDP1: parameters are summoned as TRL does for generation; FSDP2 works through its hooks.
-  Untested.
-* vLLM (server or colocate): completions come from vLLM, the credit forward uses the training
-  model, i.e. the current policy as the method requires; vLLM's own attention is unaffected.
-  Untested here (no vLLM on CPU).
+  weights are gathered with ``deepspeed.zero.GatheredParameters`` for the separate forward, so
+  every rank briefly holds the full model, exactly as during generation; the fused capture runs
+  in TRL's own forward. With ``ds3_gather_for_generation=False`` the separate forward runs on the
+  partitioned model through ZeRO-3's fetch hooks, the ranks agreeing on the number of credit
+  forwards as under FSDP2; that path is untested (the analysis calls the LM head on its own).
+  ZeRO-1/2 need nothing special. None of this is run here (no DeepSpeed on CPU); a unit test
+  checks that ``ds3_gather_for_generation`` reaches TRL's unwrap.
+* vLLM (server or colocate): completions come from vLLM, the credit uses the training model, i.e.
+  the current policy as the method requires; vLLM's own attention is unaffected. Untested here.
 * PEFT: the forward goes through ``get_base_model()`` (the adapted model, adapters active).
 * Vision-language batches (images) are refused: the credit forward is text-only.
 * Multi-turn tool calls: tool-result tokens are part of the analysed response (they are in the
@@ -55,11 +78,11 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "attnrhythm.train needs TRL: install it with pip install 'attnrhythm[train]'"
     ) from err
 
-from ..analyze import Analyzer
+from ..analyze import Analyzer, TraceResult
 from ..credit import shape_advantages
 from ..errors import AttnRhythmError
-from .config import RhythmCreditConfig
-from .shaping import ROLE_NAMES, rollout_gamma
+from .config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
+from .shaping import ROLE_NAMES, capturing_rollout, credit_from_results, rollout_gamma
 
 _IMAGE_KEYS = ("pixel_values", "image_grid_thw", "num_images")
 _COUNT_KEYS = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)
@@ -79,7 +102,10 @@ class RhythmGRPOTrainer(GRPOTrainer):
     Logged metrics (TRL's ``_metrics``, averaged per logging step): ``rhythm/gamma_mean`` and
     ``rhythm/amplified_share`` (over completion tokens in the loss mask), ``rhythm/<role>_share``
     for preplan, anchor, dominated and intro, ``rhythm/analysed_share`` (sequences with >= 2
-    completion tokens that were analysed) and ``rhythm/seconds`` (wall time of the credit forward).
+    completion tokens that were analysed), ``rhythm/fused`` (1 when the statistics were captured
+    in TRL's forward, 0 for a separate forward) and ``rhythm/seconds`` (wall time of the credit:
+    the separate forward and the shaping; in fused mode the shaping only, since the reductions
+    run inside TRL's forward and cannot be timed apart from it).
     """
 
     def __init__(self, *args: Any, rhythm: RhythmCreditConfig | None = None, **kwargs: Any) -> None:
@@ -88,14 +114,99 @@ class RhythmGRPOTrainer(GRPOTrainer):
             raise AttnRhythmError(f"rhythm must be a RhythmCreditConfig, not {type(self.rhythm).__name__}")
         super().__init__(*args, **kwargs)
         self._rhythm_analyzer: Analyzer | None = None
+        self._rhythm_fused_batch: _FusedBatch | None = None
+        self.rhythm_fused = self._fused_credit()
         if self.rhythm.strategy != "none":
             # switches the policy to the attnrhythm attention implementation now, before any generation
             self._rhythm_analyzer = Analyzer(self._rhythm_policy(), self.rhythm.analysis_config())
 
-    # -- the hook -----------------------------------------------------------------------
+    def trl_runs_old_logps_forward(self) -> bool:
+        """Whether TRL runs its no-grad ``old_per_token_logps`` forward for every rollout batch."""
+        vllm_is = getattr(self, "use_vllm", False) and getattr(
+            self, "vllm_importance_sampling_correction", False
+        )
+        return trl_runs_old_logps_forward(
+            self.args.gradient_accumulation_steps,
+            self.args.steps_per_generation,
+            self.num_iterations,
+            bool(vllm_is),
+        )
+
+    def _fused_credit(self) -> bool:
+        """Resolve ``rhythm.credit_forward`` against these training arguments (errors for ``fused``)."""
+        mode = self.rhythm.credit_forward
+        if self.rhythm.strategy == "none" or mode == "separate":
+            return False
+        possible = self.trl_runs_old_logps_forward()
+        if mode == "fused":
+            if not possible:
+                raise AttnRhythmError(FUSED_NEEDS_OLD_LOGPS)
+        return possible and self.rhythm.strategy != "entropy"
+
+    # -- the hooks ----------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        output = super()._generate_and_score_completions(inputs)
-        return self._apply_rhythm_credit(output)
+        self._rhythm_fused_batch = _FusedBatch() if self.rhythm_fused else None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            return self._apply_rhythm_credit(output)
+        finally:
+            self._rhythm_fused_batch = None
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int,
+        batch_size: int | None = None,
+        compute_entropy: bool = False,
+        compute_aux_loss: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """TRL's per-token log-probs; the old-logprob forward also captures the rhythm statistics.
+
+        Fused mode only: the first no-grad call after generation (TRL's ``old_per_token_logps``,
+        the policy itself) runs chunk by chunk, as TRL does, each chunk inside a capture.
+        """
+        fused = self._rhythm_fused_batch
+        text_only = all(value is None for value in kwargs.values())
+        if fused is None or fused.done or torch.is_grad_enabled() or not text_only:
+            return super()._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size=batch_size,
+                compute_entropy=compute_entropy,
+                compute_aux_loss=compute_aux_loss,
+                **kwargs,
+            )
+        fused.done = True
+        analyzer = self._analyzer_for(self._causal_lm(self.accelerator.unwrap_model(model)))
+        step = batch_size or input_ids.size(0)
+        logps, entropies, aux = [], [], []
+        for start in range(0, input_ids.size(0), step):
+            ids, mask = input_ids[start : start + step], attention_mask[start : start + step]
+            with capturing_rollout(analyzer, ids, mask, logits_to_keep, row_offset=start) as found:
+                out = super()._get_per_token_logps_and_entropies(
+                    model,
+                    ids,
+                    mask,
+                    logits_to_keep,
+                    batch_size=ids.size(0),
+                    compute_entropy=compute_entropy,
+                    compute_aux_loss=compute_aux_loss,
+                    **kwargs,
+                )
+            fused.results.extend(found.results)
+            logps.append(out[0])
+            entropies.append(out[1])
+            aux.append(out[2])
+        return (
+            torch.cat(logps),
+            torch.cat(entropies) if compute_entropy else None,
+            torch.stack(aux).mean() if compute_aux_loss else None,
+        )
 
     def _apply_rhythm_credit(self, output: dict[str, Any]) -> dict[str, Any]:
         """Replace ``output["advantages"]`` (B,) by rhythm-shaped (B, T) advantages (in place)."""
@@ -114,26 +225,43 @@ class RhythmGRPOTrainer(GRPOTrainer):
         if "tool_mask" in output:
             loss_mask = loss_mask * output["tool_mask"]
         started = time.perf_counter()
-        with self._unwrapped_policy() as policy, torch.no_grad():
-            if self._rhythm_analyzer is None or self._rhythm_analyzer.model is not policy:
-                self._rhythm_analyzer = Analyzer(policy, self.rhythm.analysis_config())
-            credit = rollout_gamma(
-                self._rhythm_analyzer,
+        seed_base = (self.state.global_step, self.accelerator.process_index)
+        fused = self._rhythm_fused_batch
+        if fused is not None and fused.done:  # captured in TRL's old-logprob forward
+            credit = credit_from_results(
+                self.rhythm.credit_config(),
                 self.rhythm.strategy,
-                output["prompt_ids"],
-                output["prompt_mask"],
+                fused.results,
                 output["completion_ids"],
                 output["completion_mask"],
                 loss_mask,
-                batch_size=self.rhythm.batch_size,
-                seed_base=(self.state.global_step, self.accelerator.process_index),
+                seed_base=seed_base,
             )
+        else:
+            with self._unwrapped_policy() as policy, torch.no_grad():
+                credit = rollout_gamma(
+                    self._analyzer_for(policy),
+                    self.rhythm.strategy,
+                    output["prompt_ids"],
+                    output["prompt_mask"],
+                    output["completion_ids"],
+                    output["completion_mask"],
+                    loss_mask,
+                    batch_size=self.rhythm.batch_size,
+                    seed_base=seed_base,
+                )
         output["advantages"] = shape_advantages(output["advantages"], credit.gamma, loss_mask)
         seconds = time.perf_counter() - started
         self._log_rhythm(metrics, credit.counts, seconds)
+        metrics["rhythm/fused"].append(float(fused is not None and fused.done))
         return output
 
     # -- helpers ------------------------------------------------------------------------
+    def _analyzer_for(self, policy: torch.nn.Module) -> Analyzer:
+        if self._rhythm_analyzer is None or self._rhythm_analyzer.model is not policy:
+            self._rhythm_analyzer = Analyzer(policy, self.rhythm.analysis_config())
+        return self._rhythm_analyzer
+
     @staticmethod
     def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
         """A PEFT model's adapted transformers model (adapters active); any other model as is."""
@@ -180,3 +308,11 @@ class RhythmGRPOTrainer(GRPOTrainer):
         metrics["rhythm/analysed_share"].append(total["analysed"] / max(total["sequences"], 1.0))
         elapsed = torch.tensor([seconds], dtype=torch.float32, device=self.accelerator.device)
         metrics["rhythm/seconds"].append(float(self.accelerator.gather(elapsed).max()))
+
+
+class _FusedBatch:
+    """The fused capture of one rollout batch: armed before generation, filled by TRL's forward."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.results: list[tuple[int, TraceResult]] = []

@@ -32,7 +32,8 @@ The run directory (``output_dir``) holds:
   ``seconds_per_step``        wall time of the step (generation, reward, credit, backward, update)
   ``rhythm_seconds``          wall time of the credit forward within the step (0 for ``none``)
   ``rhythm/*``                every credit metric of :class:`RhythmGRPOTrainer` (``gamma_mean``,
-                              ``amplified_share``, ``seconds``, role shares, ``analysed_share``)
+                              ``amplified_share``, ``seconds``, role shares, ``analysed_share``,
+                              ``fused``: 1 when captured in TRL's forward)
   ``time``                    Unix time of the record
   ==========================  ==================================================================
 
@@ -62,7 +63,7 @@ from typing import Any
 
 from ..errors import AttnRhythmError
 from ..tasks import Task, get_task
-from .config import RhythmCreditConfig
+from .config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
 from .rewards import completion_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -82,6 +83,9 @@ class TrainSettings:
         strategy, selection, q, amp, alpha, k: the credit (METHOD.md section 5).
         rhythm_options: further :class:`RhythmCreditConfig` fields (``window``, ``fai_horizon``,
             ``layers``, ``batch_size``, ...).
+        credit_forward: ``auto`` (default), ``fused`` or ``separate``: whether the attention
+            statistics are captured in TRL's own old-logprob forward (run when ``num_iterations``
+            > 1) or come from a separate credit forward (see :class:`RhythmCreditConfig`).
         model: ``embedded``, a checkpoint directory, a ``.gguf`` file or a cached hub id.
         steps: optimiser steps (``max_steps``).
         learning_rate: 1e-5 by default, so that a few dozen CPU steps move the policy; the paper
@@ -89,6 +93,8 @@ class TrainSettings:
         num_generations: completions per prompt (the GRPO group).
         per_device_train_batch_size: completions per optimiser step (a multiple of
             ``num_generations``; prompts per step = this / num_generations).
+        num_iterations: optimiser passes over each rollout batch (TRL's ``num_iterations``; > 1
+            makes TRL compute ``old_per_token_logps``, which the fused credit reuses).
         max_completion_length, temperature: generation during training (T = 1.0 as in the paper).
         seed: TRL/Trainer seed (sampler order, generation); data_seed: the examples drawn.
         n_train: training examples drawn from the task.
@@ -107,6 +113,7 @@ class TrainSettings:
     alpha: float = 0.5
     k: int = 3
     rhythm_options: dict[str, Any] = field(default_factory=dict)
+    credit_forward: str = "auto"
     model: str = "embedded"
     output_dir: str = "runs/train"
     steps: int = 50
@@ -115,6 +122,7 @@ class TrainSettings:
     num_generations: int = 4
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
+    num_iterations: int = 1
     max_completion_length: int = 128
     temperature: float = 1.0
     seed: int = 0
@@ -175,6 +183,7 @@ class TrainSettings:
             "num_generations": 2,
             "per_device_train_batch_size": 1,
             "gradient_accumulation_steps": 1,
+            "num_iterations": 1,
             "max_completion_length": 1,
             "n_train": 1,
             "save_steps": 0,
@@ -208,7 +217,17 @@ class TrainSettings:
         if not str(self.output_dir).strip():
             raise AttnRhythmError("empty output_dir: pass a run directory with --out")
         self.make_task()
-        self.rhythm_config()
+        rhythm = self.rhythm_config()
+        if rhythm.credit_forward == "fused" and rhythm.strategy != "none":
+            grpo = self.grpo_options
+            accumulation = grpo.get("gradient_accumulation_steps", self.gradient_accumulation_steps)
+            if not trl_runs_old_logps_forward(
+                accumulation,
+                grpo.get("steps_per_generation") or accumulation,
+                grpo.get("num_iterations", self.num_iterations),
+                bool(grpo.get("use_vllm")) and grpo.get("vllm_importance_sampling_correction", True),
+            ):
+                raise AttnRhythmError(FUSED_NEEDS_OLD_LOGPS)
 
     def make_task(self) -> Task:
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in self.task_options.items()}
@@ -231,7 +250,7 @@ class TrainSettings:
             amp=self.amp,
             alpha=self.alpha,
             k=self.k,
-            **{"seed": self.seed, **options},
+            **{"seed": self.seed, "credit_forward": self.credit_forward, **options},
         )
 
     def use_cpu(self) -> bool:
@@ -470,6 +489,7 @@ def _grpo_config(settings: TrainSettings, output_dir: Path) -> Any:
         num_generations=settings.num_generations,
         per_device_train_batch_size=settings.per_device_train_batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        num_iterations=settings.num_iterations,
         max_completion_length=settings.max_completion_length,
         temperature=settings.temperature,
         seed=settings.seed,
@@ -560,9 +580,11 @@ def train(
 
         resolve_checkpoint(settings.model)  # a bad model spec fails before anything is written
     resume_from = check_run_dir(settings, resume=resume, overwrite=overwrite)
-    if resume_from is not None:
+    # several processes (torchrun / accelerate launch): the first one alone writes the run's files
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process and resume_from is not None:
         _truncate_metrics(output_dir, int(_CHECKPOINT_RE.match(resume_from.name).group(1)))
-    else:  # a fresh run (or --overwrite): nothing of an earlier run may be resumed or mixed in later
+    elif main_process:  # a fresh run (or --overwrite): nothing of an earlier run may be resumed or mixed in
         import shutil
 
         (output_dir / METRICS_FILE).unlink(missing_ok=True)
@@ -570,7 +592,8 @@ def train(
             shutil.rmtree(path)
         shutil.rmtree(output_dir / FINAL_DIR, ignore_errors=True)
     output_dir.mkdir(parents=True, exist_ok=True)
-    settings.to_yaml(output_dir / SETTINGS_FILE)
+    if main_process:
+        settings.to_yaml(output_dir / SETTINGS_FILE)
 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -601,11 +624,13 @@ def train(
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     final = output_dir / FINAL_DIR
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    trainer.save_model(str(final))  # every rank takes part (sharded models); transformers writes once
+    trainer.accelerator.wait_for_everyone()  # the metrics and the model are complete past this point
     records = read_metrics(output_dir)
-    title = f"{settings.task} / {settings.strategy} / seed {settings.seed}"
-    plot_reward_curve(records, output_dir / CURVE_FILE, title=title)
+    if main_process:
+        tokenizer.save_pretrained(str(final))
+        title = f"{settings.task} / {settings.strategy} / seed {settings.seed}"
+        plot_reward_curve(records, output_dir / CURVE_FILE, title=title)
     seconds = [r["seconds_per_step"] for r in records if r.get("seconds_per_step") is not None]
     rhythm = [r.get("rhythm_seconds") or 0.0 for r in records]
     return {

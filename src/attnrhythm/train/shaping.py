@@ -1,22 +1,35 @@
 """Per-token credit for a batch of GRPO rollouts, in the padded layout TRL uses.
 
 TRL keeps a rollout batch as left-padded prompts ``prompt_ids``/``prompt_mask`` (B, P) and
-right-padded completions ``completion_ids``/``completion_mask`` (B, T). :func:`rollout_gamma`
-strips the padding, runs the streaming analysis over ``prompt + completion`` (one no-grad
-forward per chunk of sequences, the first completion token being the first response token),
-and lays each sequence's gamma back onto the (B, T) completion grid: column j of row b is the
-credit of ``completion_ids[b, j]``, i.e. response token j of that trace.
+right-padded completions ``completion_ids``/``completion_mask`` (B, T). Two ways to the credit:
+
+* :func:`rollout_gamma` (the *separate* credit forward) strips the padding and runs the streaming
+  analysis over ``prompt + completion`` (one no-grad forward per chunk of sequences, the first
+  completion token being the first response token). On an FSDP2-sharded model in a process
+  group every rank runs the same number of chunks (ranks with fewer sequences analyse a tiny
+  dummy trace), so no collective of the sharded forward waits forever.
+* :func:`capturing_rollout` (the *fused* credit) captures the same statistics in a forward that
+  someone else runs over TRL's own layout ``cat(prompt, completion)`` (TRL's no-grad forward for
+  ``old_per_token_logps``), response rows weighted; no extra forward.
+
+Either way :func:`credit_from_results` lays each sequence's gamma back onto the (B, T) completion
+grid: column j of row b is the credit of ``completion_ids[b, j]``, i.e. response token j of that
+trace.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..analyze import Analyzer, TraceInput
+from ..analyze import Analyzer, TraceInput, TraceResult
+from ..capture import capturing
 from ..credit import CreditConfig, gamma
+from ..sharding import agreed_count
 
 ROLE_NAMES: tuple[str, ...] = ("preplan", "anchor", "dominated", "intro")
 
@@ -44,6 +57,38 @@ def completion_length(mask_row: torch.Tensor) -> int:
     return 0 if nz.numel() == 0 else int(nz.max()) + 1
 
 
+def rollout_traces(
+    analyzer: Analyzer,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> list[tuple[int, TraceInput]]:
+    """(row, prompt + completion trace) of every row that can be analysed.
+
+    Rows whose completion has fewer than 2 tokens (after ``completion_mask``), whose prompt is
+    empty, or whose length exceeds the model's context are left out (they keep gamma = 1).
+    """
+    todo: list[tuple[int, TraceInput]] = []
+    p_ids, p_mask = prompt_ids.detach().cpu(), prompt_mask.detach().cpu().bool()
+    c_ids, c_mask = completion_ids.detach().cpu(), completion_mask.detach().cpu()
+    for b in range(completion_ids.shape[0]):
+        prompt = p_ids[b][p_mask[b]].tolist()
+        n = completion_length(c_mask[b])
+        if n < 2 or not prompt:
+            continue
+        ids = prompt + c_ids[b, :n].tolist()
+        if analyzer.max_len is not None and len(ids) > analyzer.max_len:
+            continue
+        todo.append((b, TraceInput(ids, response_start=len(prompt))))
+    return todo
+
+
+def dummy_trace() -> TraceInput:
+    """The smallest valid trace (1 prompt + 2 response tokens): a padding forward under FSDP2."""
+    return TraceInput([0, 0, 0], response_start=1)
+
+
 def rollout_gamma(
     analyzer: Analyzer,
     strategy: str,
@@ -56,17 +101,57 @@ def rollout_gamma(
     batch_size: int = 8,
     seed_base: tuple[int, int] = (0, 0),
 ) -> RolloutCredit:
-    """gamma (B, T) for ``strategy`` aligned with ``completion_ids``.
+    """gamma (B, T) for ``strategy`` aligned with ``completion_ids`` (the separate credit forward).
 
-    Rows whose completion has fewer than 2 tokens (after ``completion_mask``), whose prompt is
-    empty, or whose length exceeds the model's context keep gamma = 1, and so do positions outside
-    ``loss_mask`` (default ``completion_mask``). The credit parameters (and the roles counted for
-    logging) are ``analyzer.config.credit``. ``strategy == "none"``
-    returns ones without running the model. ``seed_base`` = (step, rank) varies the random
-    baseline's subset between batches and processes.
+    Rows that cannot be analysed (see :func:`rollout_traces`) keep gamma = 1, and so do positions
+    outside ``loss_mask`` (default ``completion_mask``). The credit parameters (and the roles
+    counted for logging) are ``analyzer.config.credit``. ``strategy == "none"`` returns ones
+    without running the model. ``seed_base`` = (step, rank) varies the random baseline's subset
+    between batches and processes.
+
+    On an FSDP2-sharded model with ``torch.distributed`` initialised, the number of forwards is
+    the maximum over ranks: a rank with fewer chunks analyses :func:`dummy_trace` (result unused)
+    until it has run as many as the others.
+    """
+    results: list[tuple[int, TraceResult]] = []
+    if strategy != "none":
+        todo = rollout_traces(analyzer, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        # similar lengths together: less padding inside each credit forward
+        todo.sort(key=lambda item: len(item[1].input_ids))
+        chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+        forwards = agreed_count(len(chunks), analyzer.model)  # before any forward: a collective itself
+        for chunk in chunks:
+            out = analyzer.analyze([trace for _, trace in chunk])
+            results.extend((b, res) for (b, _), res in zip(chunk, out))
+        for _ in range(forwards - len(chunks)):
+            analyzer.analyze([dummy_trace()])
+    return credit_from_results(
+        analyzer.config.credit,
+        strategy,
+        results,
+        completion_ids,
+        completion_mask,
+        loss_mask,
+        seed_base=seed_base,
+    )
+
+
+def credit_from_results(
+    credit: CreditConfig,
+    strategy: str,
+    results: list[tuple[int, TraceResult]],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    loss_mask: torch.Tensor | None = None,
+    *,
+    seed_base: tuple[int, int] = (0, 0),
+) -> RolloutCredit:
+    """Lay the analysed rows' gamma for ``strategy`` onto the (B, T) completion grid; count roles.
+
+    ``results`` holds (row, result) for the analysed rows; every other row and every position
+    outside ``loss_mask`` (default ``completion_mask``) keeps gamma = 1.
     """
     bsz, width = completion_ids.shape
-    credit: CreditConfig = analyzer.config.credit  # the roles come from the same config
     out = torch.ones(bsz, width, dtype=torch.float32)
     loss_mask = completion_mask if loss_mask is None else loss_mask
     lm = loss_mask.detach().to("cpu").bool()
@@ -76,41 +161,66 @@ def rollout_gamma(
         "tokens": float(lm.sum()),
         **{name: 0.0 for name in ROLE_NAMES},
     }
-    todo: list[tuple[int, TraceInput]] = []
-    if strategy != "none":
-        p_ids, p_mask = prompt_ids.detach().cpu(), prompt_mask.detach().cpu().bool()
-        c_ids, c_mask = completion_ids.detach().cpu(), completion_mask.detach().cpu()
-        for b in range(bsz):
-            prompt = p_ids[b][p_mask[b]].tolist()
-            n = completion_length(c_mask[b])
-            if n < 2 or not prompt:
-                continue
-            ids = prompt + c_ids[b, :n].tolist()
-            if analyzer.max_len is not None and len(ids) > analyzer.max_len:
-                continue
-            todo.append((b, TraceInput(ids, response_start=len(prompt))))
-    # similar lengths together: less padding inside each credit forward
-    todo.sort(key=lambda item: len(item[1].input_ids))
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        results = analyzer.analyze([trace for _, trace in chunk])
-        for (b, _trace), res in zip(chunk, results):
-            if strategy == "random":  # a fresh subset per sequence, not the record's fixed seed
-                cfg = replace(credit, seed=sequence_seed(credit.seed, seed_base[0], seed_base[1], b))
-                g = gamma(
-                    strategy, waad=res.waad, fai=res.fai, delta=res.delta, entropy=res.entropy, config=cfg
-                )
-            else:
-                g = res.gamma[strategy]  # computed by the analyzer with this same credit config
-            n = g.shape[0]
-            out[b, :n] = g.float()
-            counts["analysed"] += 1
-            row_mask = lm[b, :n]
-            for name in ROLE_NAMES:
-                idx = getattr(res.roles, name)
-                if idx:
-                    counts[name] += float(row_mask[torch.tensor(idx, dtype=torch.long)].sum())
+    for b, res in results:
+        if strategy == "random":  # a fresh subset per sequence, not the record's fixed seed
+            cfg = replace(credit, seed=sequence_seed(credit.seed, seed_base[0], seed_base[1], b))
+            g = gamma(strategy, waad=res.waad, fai=res.fai, delta=res.delta, entropy=res.entropy, config=cfg)
+        else:
+            g = res.gamma[strategy]  # computed by the analyzer with this same credit config
+        n = g.shape[0]
+        out[b, :n] = g.float()
+        counts["analysed"] += 1
+        row_mask = lm[b, :n]
+        for name in ROLE_NAMES:
+            idx = getattr(res.roles, name)
+            if idx:
+                counts[name] += float(row_mask[torch.tensor(idx, dtype=torch.long)].sum())
     out = torch.where(lm, out, torch.ones_like(out))  # masked positions: no credit
     counts["gamma_sum"] = float(out[lm].sum())
     counts["amplified"] = float((out[lm] > 1).sum())
     return RolloutCredit(gamma=out.to(completion_ids.device), counts=counts)
+
+
+@dataclass
+class FusedChunk:
+    """What :func:`capturing_rollout` found: (row, result) per analysed row of the chunk."""
+
+    results: list[tuple[int, TraceResult]] = field(default_factory=list)
+
+
+@contextmanager
+def capturing_rollout(
+    analyzer: Analyzer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    *,
+    row_offset: int = 0,
+) -> Iterator[FusedChunk]:
+    """Capture the analysis in whatever forward of ``analyzer.model`` runs inside the block.
+
+    ``input_ids``/``attention_mask`` (B, P + C) are TRL's layout: left-padded prompt then
+    right-padded completion, the last ``logits_to_keep`` = C columns being the completion. The
+    forward inside the block must be over exactly this batch (e.g. TRL's ``old_per_token_logps``
+    forward). Response rows (the completion up to its last unmasked token) are weighted; rows that
+    :func:`rollout_traces` would leave out are not analysed. After the block, ``.results`` holds
+    (``row_offset`` + row, result); the ``entropy`` strategy's gamma is not among them (it needs the
+    logits, which the capture does not see).
+    """
+    width = input_ids.shape[1]
+    p = width - logits_to_keep
+    todo = rollout_traces(
+        analyzer, input_ids[:, :p], attention_mask[:, :p], input_ids[:, p:], attention_mask[:, p:]
+    )
+    row_weight = torch.zeros(input_ids.shape, dtype=torch.float32)
+    for b, trace in todo:
+        row_weight[b, p : p + len(trace.input_ids) - trace.response_start] = 1.0
+    capture = analyzer.new_capture(row_weight.to(input_ids.device))
+    found = FusedChunk()
+    with capturing(capture):
+        yield found
+    if todo:
+        results = analyzer.results_from_capture(
+            capture, [trace for _, trace in todo], [b for b, _ in todo], [p] * len(todo)
+        )
+        found.results = [(row_offset + b, res) for (b, _), res in zip(todo, results)]
