@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .credit import COUNT_KEYS, LockstepAnalyzer, batch_credit
+from .credit import COUNT_KEYS, batch_credit
 from .layout import PaddedRollout, nested_to_padded, padded_rollout, padded_to_nested, response_layout
 
 __all__ = [
     "COUNT_KEYS",
-    "LockstepAnalyzer",
     "PaddedRollout",
     "RhythmActorRolloutRefWorker",
     "RhythmPPOTrainer",

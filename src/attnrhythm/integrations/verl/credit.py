@@ -6,9 +6,11 @@ batch's layout. Two things make that safe inside verl's FSDP engine:
 
 * **Lockstep forwards.** Under FSDP2 every forward all-gathers parameters, so every rank must run
   the same number of them. ``rollout_gamma`` skips rows (responses under 2 tokens, sequences past
-  the context) and so may run fewer chunks on one rank than on another. :class:`LockstepAnalyzer`
-  makes the ranks agree before each forward (one small all-reduce) and lets a rank that has run
-  out of work join the others' remaining forwards with a 3-token dummy trace.
+  the context) and so may need fewer chunks on one rank than on another; it agrees on the number
+  of forwards over the ranks before the first one (:func:`attnrhythm.sharding.agreed_count`) and
+  pads with a 3-token dummy trace, and :func:`attnrhythm.sharding.full_parameters` keeps a
+  separately sharded LM head gathered for the whole analysis, so the collectives of a credit call
+  do not depend on the data.
 * **The attention implementation is restored.** The streaming analysis switches the model to the
   ``attnrhythm`` attention (plain SDPA outside a capture); verl's own forwards pack sequences
   without padding and need their implementation (``flash_attention_2`` or ``sdpa`` with verl's
@@ -20,58 +22,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from ...analyze import Analyzer, TraceInput, TraceResult
+from ...analyze import Analyzer
 from ...train.config import RhythmCreditConfig
 from ...train.shaping import ROLE_NAMES, rollout_gamma
 from .layout import padded_rollout, response_layout
 
 COUNT_KEYS: tuple[str, ...] = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)
-
-
-class LockstepAnalyzer:
-    """An :class:`Analyzer` whose forwards run in lockstep over a process group.
-
-    Before each forward, every rank of ``group`` votes busy (it has a chunk to analyse) or idle;
-    :meth:`finish` keeps an idle rank joining with a dummy forward until every rank is idle.
-    Without a process group (or with one rank) it is the plain analyzer.
-    """
-
-    def __init__(self, analyzer: Analyzer, group: Any = None) -> None:
-        self.analyzer = analyzer
-        self.group = group
-        self.synced = dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
-        self.dummy_forwards = 0
-
-    @property
-    def config(self):  # read by rollout_gamma
-        return self.analyzer.config
-
-    @property
-    def max_len(self) -> int | None:  # read by rollout_gamma
-        return self.analyzer.max_len
-
-    def _anyone_busy(self, busy: bool) -> bool:
-        flag = torch.tensor([1 if busy else 0], dtype=torch.int64)  # a CPU tensor: the gloo side of the group
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
-        return bool(flag.item())
-
-    def analyze(self, traces: list[TraceInput]) -> list[TraceResult]:
-        if self.synced:
-            self._anyone_busy(True)
-        return self.analyzer.analyze(traces)
-
-    def finish(self) -> None:
-        """Join the other ranks' remaining forwards (call once this rank has no more chunks)."""
-        if not self.synced:
-            return
-        while self._anyone_busy(False):
-            self.analyzer.analyze([TraceInput([0, 0, 0], response_start=1)])
-            self.dummy_forwards += 1
 
 
 @contextmanager
@@ -93,15 +52,15 @@ def batch_credit(
     *,
     step: int = 0,
     rank: int = 0,
-    group: Any = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """gamma for a verl rollout batch (laid out like its ``responses``) and the token counts.
 
     ``model`` is the current policy as verl's engine holds it (a transformers causal LM, possibly
     sharded with FSDP2); ``data`` has ``prompts``, ``responses``, ``response_mask`` and, in the
     padded layout, ``attention_mask``. Positions outside ``response_mask`` (padding, tool output)
-    keep gamma = 1. ``step``/``rank`` vary the random baseline's subsets. Every rank of ``group``
-    must call this together (see :class:`LockstepAnalyzer`); ``counts`` has :data:`COUNT_KEYS`.
+    keep gamma = 1. ``step``/``rank`` vary the random baseline's subsets. Every rank of the process
+    group must call this together (``rollout_gamma`` agrees on the number of forwards);
+    ``counts`` has :data:`COUNT_KEYS`.
     """
     rollout = padded_rollout(data)
     args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
@@ -112,8 +71,6 @@ def batch_credit(
         credit = rollout_gamma(no_model, "none", *args, rollout.loss_mask, **kwargs)  # type: ignore[arg-type]
     else:
         with streaming_analyzer(model, settings) as analyzer:
-            lockstep = LockstepAnalyzer(analyzer, group)
-            credit = rollout_gamma(lockstep, settings.strategy, *args, rollout.loss_mask, **kwargs)  # type: ignore[arg-type]
-            lockstep.finish()
+            credit = rollout_gamma(analyzer, settings.strategy, *args, rollout.loss_mask, **kwargs)
     counts = {key: float(credit.counts.get(key, 0.0)) for key in COUNT_KEYS}
     return response_layout(credit.gamma, rollout), counts
