@@ -66,6 +66,9 @@ def register(app: typer.Typer) -> None:
         amp: float = typer.Option(None, "--amp", help="Credit amplification of selected tokens."),
         alpha: float = typer.Option(None, "--alpha", help="Share of a dominated anchor's credit moved."),
         k: int = typer.Option(None, "--k", help="Look-back for the introductory token."),
+        heads: Path = typer.Option(
+            None, "--heads", help="Fixed head set for the credit (heads.json of `attnrhythm heads`)."
+        ),
         model: str = typer.Option(
             None, "--model", "-m", help="'embedded', a checkpoint directory, a .gguf file or a cached hub id."
         ),
@@ -109,6 +112,9 @@ def register(app: typer.Typer) -> None:
             amp=amp,
             alpha=alpha,
             k=k,
+            rhythm_options={**settings.rhythm_options, "heads": str(heads.resolve())}
+            if heads is not None
+            else None,
             model=model,
             steps=steps,
             learning_rate=learning_rate,
