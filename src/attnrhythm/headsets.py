@@ -272,14 +272,18 @@ def check_corpus_heads(data: Any, where: str = "head set") -> None:
 
 
 def write_heads_file(data: dict[str, Any], out: str | Path) -> Path:
-    """Write a head set as JSON atomically (one line per matrix row keeps it readable)."""
+    """Write a head set as JSON atomically: one line per matrix row and per [layer, head] pair."""
     import os
+    import re
 
     out = Path(out)
     if out.is_dir():
         raise AttnRhythmError(f"--out {out} is a directory: give a file name like heads.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    # innermost lists (numbers only) on one line each
+    text = re.sub(r"\[([^\[\]{}\"]*)\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, out)
     return out
