@@ -213,3 +213,10 @@ def test_record_readers_refuse_non_utf8_in_one_line(capsys, tmp_path, command):
 def test_input_that_is_a_directory_is_one_line(capsys, tiny_dir, tmp_path):
     code, err = _analyze(capsys, tiny_dir, tmp_path, tmp_path / "out.jsonl")
     assert code != 0 and "directory" in one_error_line(err)
+
+
+def test_command_line_text_that_is_not_utf8_is_one_line(capsys, tiny_dir, tmp_path):
+    # a non-UTF-8 byte in argv reaches Python as a lone surrogate (surrogateescape)
+    args = ["--prompt", "caf\udce9?", "--response", RESPONSE, "--out", tmp_path / "x.jsonl"]
+    code, _, err = run(capsys, "analyze", "--model", tiny_dir, *args)
+    assert code != 0 and "--prompt is not valid UTF-8 text (byte 0xe9)" in one_error_line(err)

@@ -129,9 +129,13 @@ def analyze(
     ),
 ) -> None:
     """Analyse prompt+response traces: head spans and classes, WAAD, FAI, entropy, roles, gamma."""
-    from .records import InputItem, read_inputs
+    from .records import InputItem, check_text, read_inputs
     from .runner import GenerationConfig, analyze_items
 
+    if prompt is not None:
+        check_text(prompt, "--prompt")
+    if response is not None:
+        check_text(response, "--response")
     if input is None and prompt is None:
         raise AttnRhythmError("nothing to analyse: pass --prompt and --response, or --input FILE.jsonl")
     if input is not None and (prompt is not None or response is not None):

@@ -94,6 +94,18 @@ def jsonl_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
                 yield number, text, None
 
 
+def check_text(value: str, what: str) -> str:
+    """``value`` if it is valid Unicode; a command-line argument with bytes that are not UTF-8
+    (Python keeps them as lone surrogates) gets a one-line error naming ``what``."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        byte = ord(value[err.start]) - 0xDC00 if 0xDC80 <= ord(value[err.start]) <= 0xDCFF else None
+        shown = f" (byte 0x{byte:02x})" if byte is not None else ""
+        raise AttnRhythmError(f"{what} is not valid UTF-8 text{shown}: pass UTF-8 text") from None
+    return value
+
+
 def read_inputs(path: str | Path) -> list[InputItem]:
     """Parse an input JSONL file: each line an object with ``prompt`` and optionally ``response``.
 
