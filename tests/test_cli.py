@@ -197,22 +197,8 @@ def test_writer_keeps_partial_when_interrupted(tmp_path):
 
 def test_analyze_writes_report(capsys, tiny_dir, tmp_path):
     out, html = tmp_path / "r.jsonl", tmp_path / "r.html"
-    code, _, err = run(
-        capsys,
-        "analyze",
-        "--model",
-        tiny_dir,
-        "--prompt",
-        PROMPT,
-        "--response",
-        RESPONSE,
-        "--out",
-        out,
-        "--save-maps",
-        "0:16",
-        "--report",
-        html,
-    )
+    code, _, err = run(capsys, "analyze", "--model", tiny_dir, "--prompt", PROMPT, "--response", RESPONSE,
+                       "--out", out, "--save-maps", "0:16", "--report", html)
     assert code == 0, err
     text = html.read_text()
     assert text.startswith("<!DOCTYPE html>") or text.lower().startswith("<!doctype html>")

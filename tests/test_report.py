@@ -25,22 +25,8 @@ from attnrhythm.report import (
     write_report,
 )
 
-WORDS = [
-    "First",
-    ",",
-    " we",
-    " add",
-    " 3",
-    " and",
-    " 4",
-    ".",
-    "\n",
-    " So",
-    " <b>&",
-    "</script>",
-    " the",
-    " answer",
-]
+WORDS = ["First", ",", " we", " add", " 3", " and", " 4", ".", "\n", " So", " <b>&", "</script>", " the",
+         " answer"]
 
 
 def _topq(values: list[float | None], q: float = 0.4) -> list[int]:
@@ -119,16 +105,8 @@ def make_record(
             "tau_waad": float(np.median(waad)),
             "tau_delta": 0.5,
         },
-        "credit": {
-            "q": 0.4,
-            "amp": 1.5,
-            "alpha": 0.5,
-            "k": 3,
-            "tau_waad": None,
-            "tau_delta": None,
-            "selection": "top",
-            "seed": 0,
-        },
+        "credit": {"q": 0.4, "amp": 1.5, "alpha": 0.5, "k": 3, "tau_waad": None, "tau_delta": None,
+                   "selection": "top", "seed": 0},
         "gamma": gamma,
         **extra,
     }
@@ -320,18 +298,12 @@ def _bad(tmp_path, name: str, text: str) -> Path:
         ("\n\n", [], "has no records"),
         ('{"key": "a", "schema_version": 1\n', [], "line 1 is not valid JSON"),
         ("[1, 2]\n", [], "is not a JSON object"),
-        (
-            json.dumps({k: v for k, v in make_record(20).items() if k != "schema_version"}),
-            [],
-            "no schema_version",
-        ),
+        (json.dumps({k: v for k, v in make_record(20).items() if k != "schema_version"}), [],
+         "no schema_version"),
         (json.dumps({**make_record(20), "schema_version": 2}), [], "schema_version 2"),
         (json.dumps({**make_record(20), "metrics": {"waad": [1.0]}}), [], "metrics.waad"),
-        (
-            json.dumps({**make_record(20), "maps": {"span": [0, 4], "local": [[1]], "global": [[1]]}}),
-            [],
-            "maps",
-        ),
+        (json.dumps({**make_record(20), "maps": {"span": [0, 4], "local": [[1]], "global": [[1]]}}), [],
+         "maps"),
         (json.dumps(make_record(20)), ["--span", "30:40"], "outside the response (20 tokens)"),
         (json.dumps(make_record(20)), ["--span", "0:600"], "at most 512"),
         (json.dumps(make_record(20)), ["--span", "zero:ten"], "START:END"),
@@ -387,15 +359,8 @@ def test_report_recomputes_maps_with_a_model(tmp_path):
     from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     model = LlamaForCausalLM(config)
     ids = torch.randint(0, 64, (40,)).tolist()
     analyzer = Analyzer(model, AnalysisConfig(layers="all", fai_horizon="2:end"))

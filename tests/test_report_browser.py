@@ -67,7 +67,6 @@ def _shots(tmp_path: Path) -> Path:
 def _open(browser, url: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
-
     def console(message) -> None:
         if message.type in ("error", "warning"):
             errors.append(f"console.{message.type}: {message.text}")

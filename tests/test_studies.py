@@ -259,7 +259,9 @@ def test_summarise_trials_counts_ties_and_skips():
     assert s["sign_test_p"] == pytest.approx(sign_test(2, 1))
 
 
-@pytest.mark.parametrize("kwargs", [{"top_k": 0}, {"horizon": 0}, {"margin": -1}, {"reference": "other"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"top_k": 0}, {"horizon": 0}, {"margin": -1}, {"reference": "other"}]
+)
 def test_bad_perturb_config(kwargs):
     with pytest.raises(AttnRhythmError):
         PerturbConfig(**kwargs)

@@ -85,11 +85,8 @@ def trace_figure(
     note = None
     if maps is not None:
         a, b = (int(x) for x in maps["span"])
-        shown = {
-            "span": (a, b),
-            "local": np.asarray(maps["local"], float),
-            "global": np.asarray(maps["global"], float),
-        }
+        shown = {"span": (a, b), "local": np.asarray(maps["local"], float),
+                 "global": np.asarray(maps["global"], float)}
     else:
         shown, note = trace_maps(record, parsed, model=model, tokenizer=tokenizer)
 
@@ -135,17 +132,9 @@ def trace_figure(
         ax = fig.add_subplot(top[0, 0:2])
         ax.axis("off")
         text = _plain(note or "no maps").replace("attnrhythm report", "attnrhythm figure")
-        ax.text(
-            0.5,
-            0.5,
-            _wrap(text, 70),
-            ha="center",
-            va="center",
-            fontsize=9,
-            color="#555555",
-            transform=ax.transAxes,
-            bbox={"boxstyle": "round", "facecolor": "#fff8e6", "edgecolor": "#f2d58a"},
-        )
+        ax.text(0.5, 0.5, _wrap(text, 70), ha="center", va="center", fontsize=9,
+                color="#555555", transform=ax.transAxes,
+                bbox={"boxstyle": "round", "facecolor": "#fff8e6", "edgecolor": "#f2d58a"})
         s0 = s1 = None
 
     # -- head picture
@@ -181,9 +170,8 @@ def trace_figure(
     rug = fig.add_subplot(bottom[len(series), 0], sharex=axes[0])
     for row, role in enumerate(ROLES):
         where = record["roles"][role]
-        rug.vlines(
-            where, row + 0.1, row + 0.9, color=ROLE_COLOURS[role], lw=0.6 if x_hi - x_lo > 600 else 1.6
-        )
+        rug.vlines(where, row + 0.1, row + 0.9, color=ROLE_COLOURS[role],
+                   lw=0.6 if x_hi - x_lo > 600 else 1.6)
     rug.set_yticks([r + 0.5 for r in range(len(ROLES))], [ROLE_LABELS[r] for r in ROLES], fontsize=7)
     for tick, role in zip(rug.get_yticklabels(), ROLES):
         tick.set_color(ROLE_COLOURS[role])
@@ -197,24 +185,15 @@ def trace_figure(
 
     key = record.get("key", "trace")
     extra = "".join(f", {f} {record[f]}" for f in ("reward", "answer") if f in record)
-    fig.suptitle(
-        title
-        or f"{key}: {n} response tokens{extra} (dots: peaks, local maxima in the top "
-        f"{q:.0%}; dashed: TopQ threshold)",
-        fontsize=10,
-    )
+    fig.suptitle(title or f"{key}: {n} response tokens{extra} (dots: peaks, local maxima in the top "
+                 f"{q:.0%}; dashed: TopQ threshold)", fontsize=10)
     return fig
 
 
 def _cmap_colours() -> list[tuple[float, float, float]]:
     """The report's sequential scale (white -> sand -> orange -> crimson -> aubergine), 256 steps."""
-    stops = [
-        (0, (255, 255, 255)),
-        (0.12, (253, 236, 190)),
-        (0.38, (247, 168, 92)),
-        (0.68, (203, 60, 88)),
-        (1, (52, 14, 72)),
-    ]
+    stops = [(0, (255, 255, 255)), (0.12, (253, 236, 190)), (0.38, (247, 168, 92)), (0.68, (203, 60, 88)),
+             (1, (52, 14, 72))]
     out = []
     for k in range(256):
         x = k / 255
@@ -237,11 +216,8 @@ def _heads_panel(fig, ax, record: dict[str, Any], colors) -> None:
     for name, edge in (("local", LOCAL_EDGE), ("global", GLOBAL_EDGE)):
         for layer, head in record["heads"][name]:
             if layer in row_of:
-                ax.add_patch(
-                    Rectangle(
-                        (head - 0.42, row_of[layer] - 0.42), 0.84, 0.84, fill=False, edgecolor=edge, lw=1.6
-                    )
-                )
+                ax.add_patch(Rectangle((head - 0.42, row_of[layer] - 0.42), 0.84, 0.84, fill=False,
+                                       edgecolor=edge, lw=1.6))
     receivers = [
         (row_of[layer], head) for layer, head in record["heads"].get("receiver", []) if layer in row_of
     ]
@@ -311,3 +287,4 @@ def pick(records: list[dict[str, Any]], index: int, source: str) -> dict[str, An
             f"{'s' if len(records) != 1 else ''} (indices 0..{len(records) - 1})"
         )
     return records[index]
+

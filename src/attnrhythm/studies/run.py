@@ -234,3 +234,6 @@ def run_perturb(
     write_text_atomic(out / "results.md", perturb_markdown(results))
     perturb_plot(results, trials, out / "perturb.png")
     return results
+
+
+
