@@ -42,7 +42,9 @@ def analyze_text(
 ) -> TraceResult:
     """Analyse one prompt/response pair (the API twin of ``attnrhythm analyze --prompt --response``)."""
     trace = make_trace(tokenizer, prompt, response, chat=chat, meta={"prompt": prompt, "response": response})
-    return Analyzer(model, config).analyze([trace])[0]
+    result = Analyzer(model, config).analyze([trace])[0]
+    result.tokenizer = tokenizer  # tokens in to_record() and the notebook view
+    return result
 
 
 __all__ = [

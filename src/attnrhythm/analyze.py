@@ -9,8 +9,6 @@ reductions into METHOD.md's metrics, roles and gamma with the pure functions of
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from .rhythm import (
     round_half_up,
     waad,
 )
-from .schema import SCHEMA_VERSION, parse_span
+from .schema import SCHEMA_VERSION, parse_span, record_float, record_floats
 from .sharding import full_parameters
 
 
@@ -105,32 +103,13 @@ def clip_span(span: tuple[int, int], n_response: int) -> tuple[int, int]:
 
 
 def load_heads_file(path: str | Path) -> tuple[list[int], HeadClasses]:
-    """Read a fixed head set: JSON with ``local`` and ``global`` lists of [layer, head].
+    """Read a fixed head set (see :func:`attnrhythm.headsets.read_heads_file`).
 
-    A record written by ``attnrhythm analyze`` works too (its ``heads`` field is used).
-    Returns (absolute layers involved, classes with absolute layer indices).
+    Returns (absolute layers to analyse, classes with absolute layer indices).
     """
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise AttnRhythmError(
-            f"heads file {path} does not exist: pass a JSON file with local/global heads"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise AttnRhythmError(f"heads file {path} is not valid JSON ({err.msg}, line {err.lineno})") from None
-    if isinstance(data, dict) and "heads" in data and isinstance(data["heads"], dict):
-        data = data["heads"]
-    try:
-        local = [(int(a), int(b)) for a, b in data["local"]]
-        glob = [(int(a), int(b)) for a, b in data["global"]]
-    except (KeyError, TypeError, ValueError):
-        raise AttnRhythmError(
-            f"heads file {path} needs 'local' and 'global' lists of [layer, head] pairs"
-        ) from None
-    if not local or not glob:
-        raise AttnRhythmError(f"heads file {path} has an empty local or global head list")
-    layers = sorted({h[0] for h in local + glob})
-    return layers, HeadClasses(local=local, global_=glob)
+    from .headsets import read_heads_file
+
+    return read_heads_file(path)
 
 
 def context_length(model: PreTrainedModel) -> int | None:
@@ -163,10 +142,18 @@ class TraceResult:
     maps: dict[str, Any] | None = None  # {"span": [s, e], "local": SxS, "global": SxS} (tensors)
     receivers: list[tuple[int, int]] = field(default_factory=list)  # receiver heads (absolute layer)
     fai_receiver: torch.Tensor | None = None  # FAI over receiver heads
+    tokenizer: Any = field(default=None, repr=False, compare=False)  # for tokens in to_record / notebooks
+
+    def _repr_html_(self) -> str:
+        """Jupyter: this trace's self-contained report inline (see :class:`attnrhythm.report.Report`)."""
+        from .report import Report
+
+        return Report([self])._repr_html_()
 
     def to_record(self, tokenizer: Any = None) -> dict[str, Any]:
         """The JSON record documented in the README (schema_version 1)."""
         lo, hi = self.config.fai_horizon  # type: ignore[misc]
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         tokens = [tokenizer.decode([i]) for i in self.input_ids] if tokenizer is not None else None
         record: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -179,7 +166,7 @@ class TraceResult:
             "fai_horizon": [lo, hi],
             "head_quantile": self.config.head_quantile,
             "heads": {
-                "distance": [[round(float(x), 6) for x in row] for row in self.distance],
+                "distance": [record_floats(row) for row in self.distance.tolist()],
                 "local": [list(h) for h in self.heads.local],
                 "global": [list(h) for h in self.heads.global_],
             },
@@ -212,20 +199,20 @@ class TraceResult:
 
 
 def maps_to_json(maps: dict[str, Any]) -> dict[str, Any]:
-    """Mean maps as rounded nested lists (rows = queries, cols = keys)."""
+    """Mean maps as nested lists of record floats (rows = queries, cols = keys)."""
     return {
         "span": list(maps["span"]),
-        "local": [[round(float(x), 6) for x in row] for row in maps["local"].tolist()],
-        "global": [[round(float(x), 6) for x in row] for row in maps["global"].tolist()],
+        "local": [record_floats(row) for row in maps["local"].tolist()],
+        "global": [record_floats(row) for row in maps["global"].tolist()],
     }
 
 
 def _float(x: float) -> float | None:
-    return None if math.isnan(x) else round(float(x), 6)
+    return record_float(x)
 
 
 def _floats(t: torch.Tensor) -> list[float | None]:
-    return [_float(x) for x in t.double().tolist()]
+    return record_floats(t.double().tolist())
 
 
 class Analyzer:
@@ -247,6 +234,13 @@ class Analyzer:
                 if not 0 <= layer < self.n_layers:
                     raise AttnRhythmError(
                         f"the fixed head set uses layer {layer}, but the model has {self.n_layers} layers"
+                    )
+            n_heads = _num_heads(model)
+            for layer, head in self.config.heads.local + self.config.heads.global_:
+                if n_heads is not None and not 0 <= head < n_heads:
+                    raise AttnRhythmError(
+                        f"the fixed head set uses head {head} of layer {layer}, but the model has "
+                        f"{n_heads} query heads per layer"
                     )
             self.layers = sorted(set(needed))
         else:
@@ -504,6 +498,15 @@ def compute_maps(
         [TraceInput(list(record["input_ids"]), record["response_start"])]
     )
     return maps_to_json(result[0].maps)
+
+
+def _num_heads(model: PreTrainedModel) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("num_attention_heads", "n_head"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _pad_id(model: PreTrainedModel) -> int:

@@ -129,9 +129,13 @@ def analyze(
     ),
 ) -> None:
     """Analyse prompt+response traces: head spans and classes, WAAD, FAI, entropy, roles, gamma."""
-    from .records import InputItem, read_inputs
+    from .records import InputItem, check_text, read_inputs
     from .runner import GenerationConfig, analyze_items
 
+    if prompt is not None:
+        check_text(prompt, "--prompt")
+    if response is not None:
+        check_text(response, "--response")
     if input is None and prompt is None:
         raise AttnRhythmError("nothing to analyse: pass --prompt and --response, or --input FILE.jsonl")
     if input is not None and (prompt is not None or response is not None):
@@ -193,42 +197,70 @@ def demo(
     model: str = ModelOpt,
     device: str = DeviceOpt,
     out: Path = typer.Option(
-        Path("attnrhythm-demo.jsonl"), "--out", "-o", help="Where to write the records."
+        Path("attnrhythm-demo.jsonl"),
+        "--out",
+        "-o",
+        help="Where to write the records; the HTML report goes beside it (same name, .html).",
     ),
     n: int = typer.Option(3, "--n", help="How many built-in problems to answer (1-6)."),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Tokens generated per answer."),
     temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature (0: greedy)."),
-    rows: int = typer.Option(0, "--rows", help="Token rows per table (0: all)."),
+    tokens: bool = typer.Option(False, "--tokens", help="Also print the per-token table of each answer."),
+    rows: int = typer.Option(0, "--rows", help="With --tokens: token rows per table (0: all)."),
 ) -> None:
-    """Answer built-in math word problems with the model, analyse the answers, show the rhythm."""
+    """Answer built-in math word problems with the model, analyse the answers, show the rhythm.
+
+    Prints each answer coloured by role and a summary table, and writes the records and an
+    offline HTML report (index, curves, token strip, maps, heads) beside them.
+    """
+    import hashlib
+
     from .analyze import AnalysisConfig
     from .demo import PROBLEMS, show
-    from .records import InputItem
+    from .records import InputItem, iter_jsonl
+    from .report import write_report
     from .runner import GenerationConfig, analyze_items
 
     if not 1 <= n <= len(PROBLEMS):
         raise AttnRhythmError(f"bad --n {n}: the demo has {len(PROBLEMS)} problems, pick 1..{len(PROBLEMS)}")
+    if max_new_tokens < 2:
+        raise AttnRhythmError(f"bad --max-new-tokens {max_new_tokens}: the analysis needs at least 2 tokens")
+    page = out.with_suffix(".html")
+    if page == out:
+        raise AttnRhythmError(
+            f"--out {out} ends in .html: give the records a .jsonl name (the report is .html)"
+        )
     lm, tokenizer = _load(model, device)
+    # keys name the settings, so a rerun with the same ones resumes and other settings never mix
+    tag = hashlib.sha1(f"{model}|{max_new_tokens}|{temperature}".encode()).hexdigest()[:8]
     items = [
-        InputItem(i + 1, {"id": f"demo-{i + 1}", "prompt": p.question, "answer": p.answer})
+        InputItem(i + 1, {"id": f"demo-{i + 1}-{tag}", "prompt": p.question, "answer": p.answer})
         for i, p in enumerate(PROBLEMS[:n])
     ]
+    config = AnalysisConfig(save_maps=(0, min(max_new_tokens, 512)))
     with console.status(f"generating and analysing {n} answers ..."):
         summary = analyze_items(
             items,
             lm,
             tokenizer,
-            AnalysisConfig(),
+            config,
             out=out,
             batch_size=n,
             generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=0),
-            keep_results=True,
         )
     for err in summary.errors:
         console.print(f"[red]skipped[/red] {err}", highlight=False)
-    show(out_console, summary.records, rows=rows)
+    by_key = {str(r.get("key")): r for r in iter_jsonl(out)}
+    records = [by_key[item.key] for item in items if item.key in by_key]
+    if not records:
+        raise AttnRhythmError("no answer could be analysed: raise --max-new-tokens")
+    show(out_console, records, tokens=tokens, rows=rows)
+    report_path = write_report(records, out.with_suffix(".html"))
     out_console.print(
         f"\nrecords: {out.resolve()}  (schema: README, section 'Record schema')", highlight=False
+    )
+    out_console.print(
+        f"report:  {report_path.resolve()}  (open it in a browser; no network needed)", highlight=False
     )
 
 
@@ -246,17 +278,25 @@ def report(
         None, "--model", "-m", help="Recompute maps the records lack with this model (as in analyze)."
     ),
     device: str = DeviceOpt,
+    heads: Path = typer.Option(
+        None,
+        "--heads",
+        help="Corpus head set (heads.json of `attnrhythm heads`) whose stability the index shows "
+        "(default: computed from these records when there are 2 or more).",
+    ),
 ) -> None:
     """Write one self-contained HTML report (no network needed): index, curves, tokens, maps, heads."""
+    from .headsets import load_corpus_heads
     from .report import load_records, parse_span, render_html, write_page
 
     recs = load_records(records)
     parse_span(span)  # a bad span fails before a model is loaded
+    corpus = load_corpus_heads(heads) if heads is not None else None
     lm = tokenizer = None
     if model is not None:
         lm, tokenizer = _load(model, device)
     with console.status(f"rendering {len(recs)} trace(s) ..."):
-        page = render_html(recs, model=lm, tokenizer=tokenizer, span=span, source=str(records))
+        page = render_html(recs, model=lm, tokenizer=tokenizer, span=span, source=str(records), heads=corpus)
         path = write_page(page, out)
     size = path.stat().st_size / 1024
     console.print(f"wrote {path} ({size:,.0f} KiB, {len(recs)} trace(s))", highlight=False)
@@ -296,6 +336,57 @@ def figure(
     fig = trace_figure(record, span, model=lm, tokenizer=tokenizer, curves=curves)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
+    console.print(f"wrote {out}", highlight=False)
+
+
+@app.command()
+def heads(
+    records: list[Path] = typer.Argument(
+        ..., help="Records JSONL file(s) written by analyze or a study (same --layers)."
+    ),
+    out: Path = typer.Option(Path("heads.json"), "--out", "-o", help="Output head set (JSON)."),
+    head_quantile: float = typer.Option(
+        None, "--head-quantile", help="Share of heads called local (and global); default: the records' own."
+    ),
+) -> None:
+    """Corpus head set: d[l,h] averaged over records, classes of the mean, per-head stability.
+
+    The file is accepted by --heads in analyze, train and the studies.
+    """
+    from rich.table import Table
+
+    from .headsets import corpus_heads, write_heads_file
+    from .records import read_records
+
+    recs: list = []
+    for path in records:
+        recs.extend(read_records(path))
+    source = ", ".join(str(p) for p in records)
+    data = corpus_heads(recs, head_quantile, source=source)
+    write_heads_file(data, out)
+    table = Table(title=f"corpus heads over {data['traces']} traces (head quantile {data['head_quantile']})")
+    for col in ("class", "layer", "head", "mean d", "local in", "global in"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    pos = {layer: i for i, layer in enumerate(data["layers"])}
+    stab = data["stability"]
+    for name in ("local", "global"):
+        for layer, head in data[name]:
+            r = pos[layer]
+            table.add_row(
+                name,
+                str(layer),
+                str(head),
+                f"{data['distance'][r][head]:.2f}",
+                f"{100 * stab['local'][r][head]:.0f}%",
+                f"{100 * stab['global'][r][head]:.0f}%",
+            )
+    out_console.print(table)
+    keeps = data["keeps_class"]
+    out_console.print(
+        f"corpus local heads are local in {100 * keeps['local']:.1f}% of traces on average, global heads "
+        f"global in {100 * keeps['global']:.1f}%",
+        highlight=False,
+    )
     console.print(f"wrote {out}", highlight=False)
 
 

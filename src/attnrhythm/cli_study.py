@@ -30,6 +30,9 @@ RecordsOpt = typer.Option(
     None, "--records", help="Use these analysed records (from analyze, receivers on) instead of sampling."
 )
 BootOpt = typer.Option(2000, "--bootstrap", help="Bootstrap resamples over problems (95% intervals).")
+HeadsOpt = typer.Option(
+    None, "--heads", help="Fixed head set (heads.json of `attnrhythm heads`) instead of per-response classes."
+)
 
 
 def _opts():
@@ -40,7 +43,7 @@ def _opts():
 
 def _prepare(
     *, model, device, problems, n, temperature, seed, max_new_tokens, batch_size, chat, records, out,
-    layers, window, fai_horizon, head_quantile, proximity, receivers, need_model,
+    layers, window, fai_horizon, head_quantile, proximity, receivers, need_model, heads=None,
 ):  # fmt: skip
     """(model, tokenizer, records, run metadata) from --records or by sampling (resumable)."""
     from .analyze import AnalysisConfig
@@ -48,11 +51,23 @@ def _prepare(
     from .studies.run import SampleConfig, check_records, run_meta, sampled_records, sampling_settings
 
     cli = _opts()
+    if heads is not None and records is not None:
+        raise AttnRhythmError(
+            "--heads applies to responses the study analyses, and --records were analysed already: "
+            "drop --heads, or re-analyse the responses with `attnrhythm analyze --heads FILE`"
+        )
+    fixed = heads_layers = None
+    if heads is not None:
+        from .analyze import load_heads_file
+
+        heads_layers, fixed = load_heads_file(heads)
     analysis = AnalysisConfig(
         layers=layers,
         window=window,
         fai_horizon=fai_horizon,
         head_quantile=head_quantile,
+        heads=fixed,
+        heads_layers=heads_layers,
         proximity=proximity,
         receiver_count=receivers,
     )
@@ -117,6 +132,7 @@ def couplings(
     head_quantile: float = _opts().QuantileOpt,
     proximity: int = typer.Option(4, "--proximity", help="Receiver heads: count attention from >= this far."),
     receivers: int = typer.Option(None, "--receivers", help="Receiver heads (default: as many as global)."),
+    heads: Path = HeadsOpt,
 ) -> None:
     """Table 2: entropy at WAAD peaks, receiver vs global FAI peaks, FAI peaks at/after WAAD peaks."""
     from .studies.couplings import COUPLINGS, PeakSpec
@@ -131,7 +147,7 @@ def couplings(
         model=model, device=device, problems=problems, n=n, temperature=temperature, seed=seed,
         max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat, records=records, out=out,
         layers=layers, window=window, fai_horizon=fai_horizon, head_quantile=head_quantile,
-        proximity=proximity, receivers=receivers, need_model=False,
+        proximity=proximity, receivers=receivers, need_model=False, heads=heads,
     )  # fmt: skip
     with cli.console.status("bootstrap and permutations ..."):
         results = run_couplings(recs, out, spec=spec, permutations=permutations, bootstrap=bootstrap,
@@ -189,6 +205,7 @@ def perturb(
     window: int = _opts().WindowOpt,
     fai_horizon: str = _opts().HorizonOpt,
     head_quantile: float = _opts().QuantileOpt,
+    heads: Path = HeadsOpt,
 ) -> None:
     """Table 1: force the top-k alternatives at a high- and a low-FAI position, compare continuations."""
     from .studies.perturb import PerturbConfig
@@ -203,7 +220,7 @@ def perturb(
         model=model, device=device, problems=problems, n=n, temperature=temperature, seed=seed,
         max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat, records=records, out=out,
         layers=layers, window=window, fai_horizon=fai_horizon, head_quantile=head_quantile,
-        proximity=4, receivers=None, need_model=True,
+        proximity=4, receivers=None, need_model=True, heads=heads,
     )  # fmt: skip
     with cli._progress() as progress:
         task = progress.add_task("perturbing", total=len(recs))

@@ -79,6 +79,9 @@ def register(app: typer.Typer) -> None:
         num_iterations: int = typer.Option(
             None, "--num-iterations", help="Optimiser passes over each rollout batch (TRL's num_iterations)."
         ),
+        heads: Path = typer.Option(
+            None, "--heads", help="Fixed head set for the credit (heads.json of `attnrhythm heads`)."
+        ),
         model: str = typer.Option(
             None, "--model", "-m", help="'embedded', a checkpoint directory, a .gguf file or a cached hub id."
         ),
@@ -124,6 +127,9 @@ def register(app: typer.Typer) -> None:
             k=k,
             credit_forward=credit_forward,
             num_iterations=num_iterations,
+            rhythm_options={**settings.rhythm_options, "heads": str(heads.resolve())}
+            if heads is not None
+            else None,
             model=model,
             steps=steps,
             learning_rate=learning_rate,

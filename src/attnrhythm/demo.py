@@ -49,8 +49,22 @@ PROBLEMS: tuple[Problem, ...] = (
     ),
 )
 
-ROLE_STYLE = {"P": "bold cyan", "A": "bold magenta", "D": "bold yellow", "I": "bold green"}
-ROLE_NAMES = {"P": "preplan", "A": "anchor", "D": "dominated anchor", "I": "intro token"}
+#: role letter, name, record field, style when it marks a token on its own (METHOD.md section 4)
+ROLES: tuple[tuple[str, str, str], ...] = (
+    ("P", "preplan", "preplan"),
+    ("A", "anchor", "anchor"),
+    ("D", "dominated anchor", "dominated"),
+    ("I", "intro token", "intro"),
+)
+# Anchors, dominated anchors and intro tokens get a background (a dominated anchor is an anchor,
+# so its colour wins); preplan tokens are bold and underlined, so both kinds show on one token.
+BACKGROUND = {"D": "black on yellow", "A": "black on magenta", "I": "black on green"}
+PREPLAN = "bold underline"
+PREPLAN_ALONE = "bold underline cyan"
+ROLE_STYLE = {"P": PREPLAN_ALONE, **BACKGROUND}
+ROLE_NAMES = {letter: name for letter, name, _ in ROLES}
+# Without colour (NO_COLOR, a pipe) roles are marked with brackets instead.
+PLAIN_MARKS = {"D": ("{", "}"), "A": ("[", "]"), "I": ("<", ">"), "P": ("^", "")}
 
 
 def final_number(text: str) -> float | None:
@@ -67,64 +81,147 @@ def final_number(text: str) -> float | None:
 def role_marks(record: dict[str, Any], n: int) -> list[str]:
     """Per response token, the role letters (P, A, D, I) it carries."""
     marks = [""] * n
-    for letter, key in (("P", "preplan"), ("A", "anchor"), ("D", "dominated"), ("I", "intro")):
+    for letter, _, key in ROLES:
         for t in record["roles"][key]:
             marks[t] += letter
     return marks
+
+
+def _background(mark: str) -> str | None:
+    for letter in ("D", "A", "I"):
+        if letter in mark:
+            return letter
+    return None
+
+
+def token_style(mark: str) -> str:
+    """The rich style of a token carrying the role letters ``mark`` ("" for none)."""
+    back = _background(mark)
+    if back is None:
+        return PREPLAN_ALONE if "P" in mark else ""
+    return BACKGROUND[back] + (" " + PREPLAN if "P" in mark else "")
+
+
+def legend(color: bool = True) -> Text:
+    """One line naming the role marks."""
+    text = Text("roles: ", style="bold")
+    for letter, name, _ in ROLES:
+        if color:
+            text.append(name, style=ROLE_STYLE[letter])
+        else:
+            left, right = PLAIN_MARKS[letter]
+            text.append(f"{left}{name}{right}")
+        text.append("  ")
+    if color:
+        text.append(
+            "(a preplan token that is also an anchor: bold underlined on the anchor colour)", style="dim"
+        )
+    return text
+
+
+def response_text(record: dict[str, Any], color: bool = True) -> Text:
+    """The response as one Text, each token styled (or bracketed) by its roles."""
+    r0 = int(record["response_start"])
+    tokens = record["tokens"][r0:]
+    marks = role_marks(record, len(tokens))
+    text = Text()
+    for tok, mark in zip(tokens, marks):
+        if color:
+            text.append(tok, style=token_style(mark))
+            continue
+        back = _background(mark)
+        left, right = PLAIN_MARKS[back] if back else ("", "")
+        if "P" in mark:
+            left = "^" + left
+        stripped = tok.lstrip()
+        text.append(tok[: len(tok) - len(stripped)] + left + stripped + right)
+    return text
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def show(console: Console, records: list[dict[str, Any]], rows: int = 0) -> None:
-    """Print a token strip, a per-token table and a summary for each record."""
-    legend = Text("roles: ")
-    for letter, name in ROLE_NAMES.items():
-        legend.append(f"{letter}={name} ", style=ROLE_STYLE[letter])
-    console.print(legend)
+def _top(record: dict[str, Any], role: str, metric: str, count: int = 3) -> str:
+    """The ``count`` tokens of a role with the largest ``metric``, as ``'tok'@t``."""
+    r0 = int(record["response_start"])
+    tokens = record["tokens"][r0:]
+    values = record["metrics"][metric]
+    chosen = sorted(
+        (t for t in record["roles"][role] if values[t] is not None), key=lambda t: (-values[t], t)
+    )[:count]
+    return ", ".join(f"{tokens[t].strip() or repr(tokens[t])}@{t}" for t in sorted(chosen)) or "-"
+
+
+def answer_ok(record: dict[str, Any]) -> str:
+    """yes / no (the last number of the response against ``answer``), or - without an answer."""
+    if "answer" not in record:
+        return "-"
+    got = final_number(record.get("response", ""))
+    try:
+        return "yes" if got is not None and got == float(record["answer"]) else "no"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def token_table(record: dict[str, Any], rows: int = 0) -> Table:
+    """The per-token table (t, token, roles, WAAD, FAI, Delta, entropy, gamma)."""
+    r0 = int(record["response_start"])
+    tokens = record["tokens"][r0:]
+    n = len(tokens)
+    marks = role_marks(record, n)
+    metrics, gam = record["metrics"], record["gamma"]
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("t", "token", "role", "WAAD", "FAI", "Δ", "entropy", "γ local", "γ global", "γ coupled"):
+        table.add_column(col, justify="right" if col not in ("token", "role") else "left")
+    limit = n if rows <= 0 else min(rows, n)
+    for t in range(limit):
+        table.add_row(
+            str(t),
+            repr(tokens[t])[1:-1],
+            Text(marks[t], style=token_style(marks[t])),
+            _fmt(metrics["waad"][t]),
+            _fmt(metrics["fai"][t], 4),
+            _fmt(metrics["delta"][t]),
+            _fmt(metrics["entropy"][t]),
+            _fmt(gam["local"][t], 2),
+            _fmt(gam["global"][t], 2),
+            _fmt(gam["coupled"][t], 2),
+        )
+    return table
+
+
+def show(console: Console, records: list[dict[str, Any]], tokens: bool = False, rows: int = 0) -> None:
+    """Per record: the response coloured by role and its strongest anchors / preplan tokens
+    (and with ``tokens`` the per-token table); then one summary table of all records."""
+    color = console.color_system is not None and not console.no_color
+    console.print(legend(color))
     summary = Table(title="summary", show_lines=False)
     for col in ("trace", "tokens", "answer ok", "preplan", "anchor", "dominated", "intro", "mean γ coupled"):
         summary.add_column(col, justify="right")
     for record in records:
-        r0 = record["response_start"]
-        tokens = record["tokens"][r0:]
-        n = len(tokens)
-        marks = role_marks(record, n)
-        metrics, gam = record["metrics"], record["gamma"]
-        console.rule(f"[bold]{record.get('key', '')}[/bold]  {record.get('prompt', '')[:90]}")
-        strip = Text()
-        for tok, mark in zip(tokens, marks):
-            style = ROLE_STYLE[mark[-1]] if mark else ""
-            strip.append(tok, style=style)
-        console.print(strip)
-        table = Table(show_edge=False, pad_edge=False)
-        for col in ("t", "token", "role", "WAAD", "FAI", "Δ", "entropy", "γ local", "γ global", "γ coupled"):
-            table.add_column(col, justify="right" if col not in ("token", "role") else "left")
-        limit = n if rows <= 0 else min(rows, n)
-        for t in range(limit):
-            table.add_row(
-                str(t),
-                repr(tokens[t])[1:-1],
-                Text(marks[t], style=ROLE_STYLE[marks[t][-1]] if marks[t] else ""),
-                _fmt(metrics["waad"][t]),
-                _fmt(metrics["fai"][t], 4),
-                _fmt(metrics["delta"][t]),
-                _fmt(metrics["entropy"][t]),
-                _fmt(gam["local"][t], 2),
-                _fmt(gam["global"][t], 2),
-                _fmt(gam["coupled"][t], 2),
+        n = len(record["input_ids"]) - int(record["response_start"])
+        question = " ".join(str(record.get("prompt", "")).split())
+        console.rule(f"[bold]{record.get('key', '')}[/bold]", align="left")
+        console.print(Text(question, style="dim"))
+        console.print(response_text(record, color))
+        console.print(
+            Text.assemble(
+                ("strongest anchors (FAI): ", "bold"),
+                _top(record, "anchor", "fai"),
+                ("   preplan (Δ WAAD): ", "bold"),
+                _top(record, "preplan", "delta"),
             )
-        console.print(table)
-        if limit < n:
-            console.print(f"... {n - limit} more tokens (use --rows 0 for all)")
-        got = final_number(record.get("response", ""))
-        ok = "-" if "answer" not in record else ("yes" if got == float(record["answer"]) else "no")
+        )
+        if tokens:
+            console.print(token_table(record, rows))
+            if 0 < rows < n:
+                console.print(f"... {n - rows} more tokens (use --rows 0 for all)")
         coupled = record["gamma"]["coupled"]
         summary.add_row(
             str(record.get("key", "")),
             str(n),
-            ok,
+            answer_ok(record),
             *(str(len(record["roles"][k])) for k in ("preplan", "anchor", "dominated", "intro")),
             f"{sum(coupled) / len(coupled):.3f}",
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,31 +37,100 @@ class InputItem:
         return f"line{self.index}-" + hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of the float range")
+    return value
+
+
+def parse_json_line(text: str) -> tuple[Any, str | None]:
+    """(value, None) for one JSON line, or (None, why not): never raises on bad content.
+
+    Refused besides invalid JSON: NaN/Infinity and numbers out of range, nesting too deep for
+    Python, and strings that are not valid Unicode (lone surrogates such as ``"\\ud800"``),
+    which could not be written back as UTF-8.
+    """
+    try:
+        value = json.loads(text.lstrip("\ufeff"), parse_constant=_reject_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as err:
+        return None, f"is not valid JSON ({err.msg})"
+    except RecursionError:
+        return None, "is nested too deeply"
+    except ValueError as err:
+        return None, f"is not valid JSON ({err})"
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "holds a string that is not valid Unicode (a lone surrogate escape like \\ud800)"
+    except (RecursionError, ValueError):
+        return None, "is nested too deeply"
+    return value, None
+
+
+def jsonl_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """(1-based line number, text, None) of each non-blank line, or (number, None, why) for a line
+    that is not UTF-8. Lines are split on b"\\n" and decoded one by one, so one bad byte costs one line."""
+    try:
+        fh = path.open("rb")
+    except IsADirectoryError:
+        raise AttnRhythmError(f"{path} is a directory: pass a JSONL file") from None
+    except OSError as err:
+        raise AttnRhythmError(
+            f"cannot read {path} ({err.strerror}): check the path and its permissions"
+        ) from None
+    with fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield number, None, f"is not valid UTF-8 (byte {err.start + 1}): save the file as UTF-8"
+                continue
+            if text.strip():
+                yield number, text, None
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` if it is valid Unicode; a command-line argument with bytes that are not UTF-8
+    (Python keeps them as lone surrogates) gets a one-line error naming ``what``."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        byte = ord(value[err.start]) - 0xDC00 if 0xDC80 <= ord(value[err.start]) <= 0xDCFF else None
+        shown = f" (byte 0x{byte:02x})" if byte is not None else ""
+        raise AttnRhythmError(f"{what} is not valid UTF-8 text{shown}: pass UTF-8 text") from None
+    return value
+
+
 def read_inputs(path: str | Path) -> list[InputItem]:
     """Parse an input JSONL file: each line an object with ``prompt`` and optionally ``response``.
 
-    Malformed lines are returned with ``error`` set (reported and skipped by the caller).
+    Malformed lines (not UTF-8, not JSON, not an object, wrong field types) are returned with
+    ``error`` set (reported and skipped by the caller).
     """
     p = Path(path)
     if not p.exists():
         raise AttnRhythmError(f"input file {p} does not exist: pass a JSONL file with prompt/response lines")
     items: list[InputItem] = []
-    with p.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as err:
-                items.append(InputItem(number, None, f"line {number} is not valid JSON ({err.msg})"))
-                continue
-            if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
-                items.append(InputItem(number, None, f'line {number} needs an object with a string "prompt"'))
-                continue
-            if "response" in data and not isinstance(data["response"], str):
-                items.append(InputItem(number, None, f'line {number}: "response" must be a string'))
-                continue
-            items.append(InputItem(number, data))
+    for number, line, bad in jsonl_lines(p):
+        if line is None:
+            items.append(InputItem(number, None, f"line {number} {bad}"))
+            continue
+        data, bad = parse_json_line(line)
+        if bad is not None:
+            items.append(InputItem(number, None, f"line {number} {bad}"))
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+            items.append(InputItem(number, None, f'line {number} needs an object with a string "prompt"'))
+            continue
+        if "response" in data and not isinstance(data["response"], str):
+            items.append(InputItem(number, None, f'line {number}: "response" must be a string'))
+            continue
+        items.append(InputItem(number, data))
     if not items:
         raise AttnRhythmError(
             f'input file {p} has no records: add lines like {{"prompt": ..., "response": ...}}'
@@ -69,35 +139,35 @@ def read_inputs(path: str | Path) -> list[InputItem]:
 
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Complete JSON lines of ``path``; a torn (unparsable) last line is skipped."""
-    if not path.exists():
+    """Complete JSON object lines of ``path``; a torn last line and unreadable lines are skipped."""
+    if not path.is_file():
         return
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if not line.endswith("\n"):
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
                 break  # torn write at the end of an interrupted run
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+                value, bad = parse_json_line(raw.decode("utf-8"))
+            except UnicodeDecodeError:
                 continue
+            if bad is None and isinstance(value, dict):
+                yield value
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a finished JSONL output (used by reports and studies)."""
+def read_records(path: str | Path) -> list[Any]:
+    """All records of a finished JSONL output (used by reports and studies); one-line errors."""
     p = Path(path)
     if not p.exists():
         raise AttnRhythmError(
             f"records file {p} does not exist: write one with `attnrhythm analyze --out {p}`"
         )
     records = []
-    with p.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise AttnRhythmError(f"{p} line {number} is not valid JSON ({err.msg})") from None
+    for number, line, bad in jsonl_lines(p):
+        if line is not None:
+            value, bad = parse_json_line(line)
+        if bad is not None:
+            raise AttnRhythmError(f"{p} line {number} {bad}")
+        records.append(value)
     return records
 
 

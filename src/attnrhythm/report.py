@@ -556,11 +556,54 @@ def index_payload(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
                 }
             )
     return {
+        "corpus": None,
         "title": f"attnrhythm report \u2014 {len(records)} trace{'s' if len(records) != 1 else ''}",
         "source": source,
         "rows": rows,
         "columns": columns,
         "hists": hists,
+    }
+
+
+def corpus_payload(records: list[dict[str, Any]], heads: Any = None) -> dict[str, Any] | None:
+    """Head stability for the index page.
+
+    ``heads``: a corpus head set (the dict of ``attnrhythm heads`` or the path of its file); None
+    computes it from ``records`` when there are at least 2 with the same analysed layers (else
+    the page has no stability card).
+    """
+    from .headsets import check_corpus_heads, corpus_heads, load_corpus_heads
+
+    if heads is None:
+        if len(records) < 2:
+            return None
+        try:
+            data = corpus_heads(records)
+        except AttnRhythmError:
+            return None  # mixed layers or quantiles: no corpus view
+        origin = "computed from the traces of this report"
+    else:
+        if isinstance(heads, str | os.PathLike):
+            data = load_corpus_heads(heads)
+            origin = f"head set {heads}"
+        else:
+            check_corpus_heads(heads)
+            data = heads
+            origin = "the given head set"
+    stability = data["stability"]
+    return {
+        "origin": origin,
+        "traces": data["traces"],
+        "layers": list(data["layers"]),
+        "distance": [_nums(row) for row in data["distance"]],
+        "local": [list(h) for h in data["local"]],
+        "global": [list(h) for h in data["global"]],
+        "stability": {
+            name: [_nums(row) for row in stability[name]]
+            for name in ("local", "global", "receiver")
+            if name in stability
+        },
+        "keeps_class": {name: _num(data["keeps_class"].get(name)) for name in ("local", "global")},
     }
 
 
@@ -621,9 +664,11 @@ def render_html(
     tokenizer: Any = None,
     span: str | tuple[int, int] | None = None,
     source: str = "",
+    heads: Any = None,
 ) -> str:
     """The report page as a string (see :func:`write_report`)."""
     check_records(records)
+    corpus = corpus_payload(records, heads)
     parsed = parse_span(span)
     check_span_fits(records, parsed)
     blocks = []
@@ -632,6 +677,7 @@ def render_html(
         payload = trace_payload(record, i, maps, note, tokenizer)
         blocks.append(f'<script type="application/json" id="ar-t{i}">{_json_block(payload)}</script>')
     index = index_payload(records, source)
+    index["corpus"] = corpus
     subtitle = f"{len(records)} trace{'s' if len(records) != 1 else ''}"
     if source:
         subtitle += f" \u00b7 {source}"
@@ -655,14 +701,17 @@ def write_report(
     model=None,
     tokenizer=None,
     span=None,
+    heads=None,
 ) -> Path:
     """Write the self-contained HTML report of ``records`` to ``out`` (atomically) and return its path.
 
     ``span``: response window ``"START:END"`` or ``(start, end)`` of the attention maps (None: the
     record's saved maps, else 0:128; at most 512 tokens). ``model``/``tokenizer``: recompute maps
-    that the records do not carry (``attnrhythm.analyze.compute_maps``).
+    that the records do not carry (``attnrhythm.analyze.compute_maps``). ``heads``: a corpus head
+    set (path or dict of ``attnrhythm heads``) whose stability the page shows; None computes it
+    from the records when there are at least 2 with the same layers.
     """
-    return write_page(render_html(records, model=model, tokenizer=tokenizer, span=span), out)
+    return write_page(render_html(records, model=model, tokenizer=tokenizer, span=span, heads=heads), out)
 
 
 def write_page(page: str, out: str | Path) -> Path:
@@ -675,3 +724,85 @@ def write_page(page: str, out: str | Path) -> Path:
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out)
     return out
+
+
+# ------------------------------------------------------------------ notebooks
+
+
+class Report:
+    """The report of some records, shown inline by Jupyter (``_repr_html_``) or saved.
+
+    >>> from attnrhythm.report import Report
+    >>> Report("r.jsonl")                      # the last expression of a cell renders the report
+    >>> Report([result1, result2], tokenizer=tok, height=900).save("report.html")
+
+    ``records``: analyze records (dicts), :class:`~attnrhythm.analyze.TraceResult` objects
+    (turned into records with ``tokenizer``, or their own), or the path of a records file.
+    The page goes into an ``<iframe srcdoc>`` sandboxed to run scripts only, so its CSS, its
+    JavaScript and its hash navigation cannot touch the notebook's page (and the notebook's
+    styles cannot touch it).
+    """
+
+    def __init__(
+        self,
+        records: Any,
+        *,
+        tokenizer: Any = None,
+        span: str | tuple[int, int] | None = None,
+        heads: Any = None,
+        height: int = 760,
+        model: Any = None,
+    ) -> None:
+        if isinstance(records, str | os.PathLike):
+            self.records = load_records(records)
+            self.source = str(records)
+        else:
+            self.records = [_as_record(r, tokenizer, i) for i, r in enumerate(records)]
+            self.source = ""
+        check_records(self.records)
+        self.span, self.heads, self.height = span, heads, int(height)
+        self.model, self.tokenizer = model, tokenizer
+
+    @property
+    def html(self) -> str:
+        """The full self-contained page."""
+        return render_html(
+            self.records,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            span=self.span,
+            source=self.source,
+            heads=self.heads,
+        )
+
+    def save(self, out: str | Path) -> Path:
+        """Write the page to ``out`` (atomically)."""
+        return write_page(self.html, out)
+
+    def _repr_html_(self) -> str:
+        return iframe(self.html, self.height)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _as_record(item: Any, tokenizer: Any, i: int) -> dict[str, Any]:
+    if isinstance(item, dict):
+        return item
+    to_record = getattr(item, "to_record", None)
+    if to_record is None:
+        raise AttnRhythmError(
+            f"item #{i} is a {type(item).__name__}: pass analyze records (dicts) or TraceResult objects"
+        )
+    record = to_record(tokenizer if tokenizer is not None else getattr(item, "tokenizer", None))
+    record.setdefault("key", f"trace {i}")
+    return record
+
+
+def iframe(page: str, height: int = 760) -> str:
+    """``page`` inside a sandboxed ``<iframe srcdoc>`` (scripts run, nothing reaches the host page)."""
+    return (
+        f'<iframe srcdoc="{html.escape(page, quote=True)}" sandbox="allow-scripts" '
+        f'style="width:100%;height:{int(height)}px;border:1px solid #d0d4dc;border-radius:4px" '
+        'title="attnrhythm report"></iframe>'
+    )

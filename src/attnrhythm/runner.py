@@ -17,6 +17,9 @@ from .errors import AttnRhythmError
 from .generate import generate, make_trace, prompt_ids
 from .records import InputItem, ResumableWriter
 
+#: input-line fields never copied into a record (the record writes its own)
+RESERVED_FIELDS = frozenset({"prompt", "response", "key", "schema_version", "generated"})
+
 
 @dataclass
 class GenerationConfig:
@@ -75,6 +78,7 @@ def analyze_items(
                     w.write(record)
                     summary.written += 1
                     if keep_results:
+                        result.tokenizer = tokenizer
                         summary.results.append(result)
                         summary.records.append(record)
             finished += len(batch)
@@ -112,7 +116,8 @@ def _traces(
         response = data.get("response", generated.get(id(item), ""))
         where = "" if item.index == 0 else f"line {item.index}: "
         try:
-            meta = {k: v for k, v in data.items() if k not in ("prompt", "response")}
+            # input fields are copied, except those the record itself defines
+            meta = {k: v for k, v in data.items() if k not in RESERVED_FIELDS}
             meta.update(prompt=data["prompt"], response=response, generated="response" not in data)
             trace = make_trace(tokenizer, data["prompt"], response, chat=chat, meta=meta)
             trace.check(max_len)

@@ -713,13 +713,104 @@
       const key = h.layers[r] + ":" + k;
       const tags = [cls[key], recv.has(key) ? "receiver" : null].filter(Boolean).join(", ");
       showTip(
-        "layer " + h.layers[r] + " \u00b7 head " + k + "<br>span d = " + fmt(h.d[r][k]) + (tags ? "<br>" + tags : ""),
+        "layer " + h.layers[r] + " \u00b7 head " + k + "<br>span d = " + fmt(h.d[r][k]) + (tags ? "<br>" + tags : "") +
+          stabilityText(h.layers[r], k),
         e.clientX,
         e.clientY
       );
     });
     c.addEventListener("mouseleave", hideTip);
     return { canvas: c };
+  }
+
+  // ------------------------------------------------------------------ corpus head stability
+  // INDEX.corpus (when present): a corpus head set (attnrhythm heads, or computed from this
+  // report's records): classes of the mean span and, per head, the share of traces in which
+  // the per-trace rule makes it local / global / receiver.
+  function corpusCell(layer, k) {
+    const c = INDEX.corpus;
+    if (!c) return null;
+    const r = c.layers.indexOf(layer);
+    if (r < 0 || k >= c.distance[r].length) return null;
+    const s = c.stability;
+    return {
+      d: c.distance[r][k],
+      local: s.local[r][k],
+      global: s.global[r][k],
+      receiver: s.receiver ? s.receiver[r][k] : null,
+    };
+  }
+  function stabilityText(layer, k) {
+    const x = corpusCell(layer, k);
+    if (!x) return "";
+    return (
+      "<br>over " + INDEX.corpus.traces + " traces: local in " + pct(x.local) + ", global in " + pct(x.global) +
+      (x.receiver === null ? "" : ", receiver in " + pct(x.receiver))
+    );
+  }
+  function StabilityPlot(host, c) {
+    const rows = c.layers.length, cols = rows ? c.distance[0].length : 0;
+    const cell = Math.max(14, Math.min(32, Math.floor(420 / Math.max(1, cols))));
+    const L = 40, T = 22, B = 48;
+    const W = Math.max(L + cols * cell + 10, 300), H = T + rows * cell + B;
+    const wrap = el("div", "plot");
+    const cv = el("canvas");
+    wrap.append(cv);
+    host.append(wrap);
+    const cls = {};
+    for (const [l, k] of c.local) cls[l + ":" + k] = "local";
+    for (const [l, k] of c.global) cls[l + ":" + k] = "global";
+    const g = setupCanvas(cv, W, H);
+    g.fillStyle = "#1d2330";
+    g.font = "600 " + FONT;
+    g.textBaseline = "alphabetic";
+    g.fillText("share of traces: local (left half) / global (right half)", L, T - 8);
+    g.font = FONT;
+    for (let r = 0; r < rows; r++) {
+      for (let k = 0; k < cols; k++) {
+        const x0 = L + k * cell, y0 = T + r * cell, half = (cell - 1) / 2;
+        g.fillStyle = "#f1f3f6";
+        g.fillRect(x0, y0, cell - 1, cell - 1);
+        g.globalAlpha = Math.max(0, Math.min(1, c.stability.local[r][k] || 0));
+        g.fillStyle = ROLE_COLOR.preplan;
+        g.fillRect(x0, y0, half, cell - 1);
+        g.globalAlpha = Math.max(0, Math.min(1, c.stability.global[r][k] || 0));
+        g.fillStyle = "#0b7a3e";
+        g.fillRect(x0 + half, y0, half, cell - 1);
+        g.globalAlpha = 1;
+        const key = c.layers[r] + ":" + k;
+        if (cls[key]) {
+          g.strokeStyle = "#111";
+          g.lineWidth = 2;
+          g.strokeRect(x0 + 1, y0 + 1, cell - 3, cell - 3);
+        }
+      }
+      g.fillStyle = "#4b5260";
+      g.textAlign = "right";
+      g.textBaseline = "middle";
+      g.fillText("L" + c.layers[r], L - 5, T + r * cell + cell / 2);
+    }
+    g.textAlign = "center";
+    g.textBaseline = "top";
+    for (let k = 0; k < cols; k += cols > 16 ? 4 : 1) g.fillText(String(k), L + k * cell + cell / 2, T + rows * cell + 2);
+    g.fillText("query head (outlined: corpus local / global heads)", L + (cols * cell) / 2, T + rows * cell + 16);
+    cv.addEventListener("mousemove", (e) => {
+      const b = cv.getBoundingClientRect();
+      const k = Math.floor((e.clientX - b.left - L) / cell), r = Math.floor((e.clientY - b.top - T) / cell);
+      if (k < 0 || r < 0 || k >= cols || r >= rows) {
+        hideTip();
+        return;
+      }
+      const key = c.layers[r] + ":" + k;
+      showTip(
+        "layer " + c.layers[r] + " \u00b7 head " + k + "<br>mean span d = " + fmt(c.distance[r][k]) +
+          (cls[key] ? "<br>corpus " + cls[key] + " head" : "") + stabilityText(c.layers[r], k),
+        e.clientX,
+        e.clientY
+      );
+    });
+    cv.addEventListener("mouseleave", hideTip);
+    return cv;
   }
 
   // ------------------------------------------------------------------ histograms
@@ -852,6 +943,22 @@
     for (const h of INDEX.hists) Histogram(hs, h);
     dist.append(hs);
     root.append(head, dist);
+    if (INDEX.corpus) {
+      const c = INDEX.corpus;
+      const card = el("section", "card");
+      card.append(el("h3", null, "Head stability over " + c.traces + " traces"));
+      card.append(
+        el(
+          "div",
+          "muted small",
+          "Corpus classes from the mean span d[l,h] (" + c.origin + "). Corpus local heads are local in " +
+            pct(c.keeps_class.local) + " of the traces on average, corpus global heads global in " +
+            pct(c.keeps_class.global) + " (per-trace classes: the same quantile rule on each trace's own d)."
+        )
+      );
+      StabilityPlot(card, c);
+      root.append(card);
+    }
   }
 
   // ------------------------------------------------------------------ trace view

@@ -53,7 +53,7 @@ class SampleConfig:
 
 def _settings(model_name: str, sample: SampleConfig, analysis: AnalysisConfig) -> dict[str, Any]:
     lo, hi = analysis.fai_horizon  # type: ignore[misc]
-    return {
+    settings = {
         "model": model_name,
         "problems": sample.problems,
         "seed": sample.seed,
@@ -67,6 +67,13 @@ def _settings(model_name: str, sample: SampleConfig, analysis: AnalysisConfig) -
         "proximity": analysis.proximity,
         "receiver_count": analysis.receiver_count,
     }
+    if analysis.heads is not None:  # a fixed head set (only then, so older settings.json still match)
+        settings["heads"] = {
+            "layers": list(analysis.heads_layers or []),
+            "local": [list(h) for h in analysis.heads.local],
+            "global": [list(h) for h in analysis.heads.global_],
+        }
+    return settings
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -143,6 +150,10 @@ def sampling_settings(directory: Path) -> dict[str, Any]:
 def check_records(records: list[dict[str, Any]], source: Path | str) -> None:
     """One-line error unless every record has what the studies read (from attnrhythm analyze)."""
     for i, r in enumerate(records, 1):
+        if not isinstance(r, dict):
+            raise AttnRhythmError(
+                f"record {i} of {source} is not a JSON object: pass records written by attnrhythm analyze"
+            )
         missing = [k for k in ("input_ids", "response_start", "metrics") if k not in r]
         if missing:
             raise AttnRhythmError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..analyze import AnalysisConfig
+from ..analyze import AnalysisConfig, load_heads_file
 from ..credit import STRATEGIES, CreditConfig
 from ..errors import AttnRhythmError
 from ..rhythm import parse_horizon
@@ -43,6 +43,8 @@ class RhythmCreditConfig:
             ``seed`` seeds the random baseline, which draws a fresh subset per sequence).
         layers, window, fai_horizon, head_quantile: the analysis parameters of
             :class:`~attnrhythm.analyze.AnalysisConfig` (METHOD.md sections 1-3).
+        heads: a fixed head set file (``--heads``: a ``heads.json`` of ``attnrhythm heads``, or a
+            JSON with ``local``/``global`` [layer, head] lists); None classifies heads per sequence.
         tile_size, logits_chunk: memory knobs of the streaming capture.
         batch_size: sequences per credit forward pass (the batch is cut into chunks of this size).
         credit_forward: where the attention statistics come from. ``separate``: one extra no-grad
@@ -69,6 +71,7 @@ class RhythmCreditConfig:
     window: int = 10
     fai_horizon: str | tuple[int, int | None] = (10, 50)
     head_quantile: float = 0.3
+    heads: str | None = None
     tile_size: int | None = None
     logits_chunk: int = 256
     # the credit forward
@@ -112,11 +115,16 @@ class RhythmCreditConfig:
 
     def analysis_config(self) -> AnalysisConfig:
         # receiver heads are a study-only metric: receiver_count=0 keeps them out of the credit forward
+        fixed = heads_layers = None
+        if self.heads is not None:
+            heads_layers, fixed = load_heads_file(self.heads)
         return AnalysisConfig(
             layers=self.layers,
             window=self.window,
             fai_horizon=self.fai_horizon,
             head_quantile=self.head_quantile,
+            heads=fixed,
+            heads_layers=heads_layers,
             credit=self.credit_config(),
             tile_size=self.tile_size,
             logits_chunk=self.logits_chunk,

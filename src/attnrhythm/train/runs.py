@@ -275,6 +275,10 @@ def read_yaml(path: str | Path) -> Any:
         raise AttnRhythmError(f"config file {p} does not exist: pass a YAML file of training settings")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise AttnRhythmError(
+            f"config file {p} is not UTF-8 (byte {err.start + 1}): save it as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
