@@ -463,6 +463,22 @@ def test_load_jsonl_task_errors(tmp_path, content, pattern):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (b'{"question": "q", "answer": 1}\n{"question": "\xff", "answer": 2}\n', "line 2 is not valid UTF-8"),
+        (b'{"question": "q", "answer": NaN}\n', "line 1 is not valid JSON"),
+        (b'{"question": "\\ud800", "answer": 1}\n', "line 1 holds a string that is not valid Unicode"),
+    ],
+)
+def test_load_jsonl_task_bad_bytes_are_one_line(tmp_path, content, pattern):
+    path = tmp_path / "bytes.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(AttnRhythmError, match=pattern) as info:
+        load_jsonl_task(path)
+    assert "\n" not in str(info.value)
+
+
 def test_load_jsonl_task_missing_file(tmp_path):
     with pytest.raises(AttnRhythmError, match="does not exist"):
         load_jsonl_task(tmp_path / "nope.jsonl")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AttnRhythmError
+from ..records import jsonl_lines, parse_json_line
 
 _GSM8K_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 
@@ -43,20 +43,16 @@ def load_jsonl_task(
     if not file.is_file():
         raise AttnRhythmError(f"task file {file} does not exist: check the path")
     examples: list[dict[str, Any]] = []
-    with file.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AttnRhythmError(
-                    f"{file} line {lineno} is not valid JSON ({exc.msg}): fix or remove that line"
-                ) from exc
-            if not isinstance(record, dict):
-                raise AttnRhythmError(f"{file} line {lineno} is not a JSON object: write one object per line")
-            examples.append(_example(record, question_field, answer_field, f"{file} line {lineno}",
-                                     f"{file.stem}-{lineno}"))  # fmt: skip
+    for lineno, line, why in jsonl_lines(file):
+        record = None
+        if why is None:
+            record, why = parse_json_line(line)
+        if why is not None:
+            raise AttnRhythmError(f"{file} line {lineno} {why}: fix or remove that line")
+        if not isinstance(record, dict):
+            raise AttnRhythmError(f"{file} line {lineno} is not a JSON object: write one object per line")
+        examples.append(_example(record, question_field, answer_field, f"{file} line {lineno}",
+                                 f"{file.stem}-{lineno}"))  # fmt: skip
     if not examples:
         raise AttnRhythmError(f"task file {file} has no examples: add one JSON object per line")
     return examples
