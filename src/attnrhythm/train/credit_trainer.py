@@ -82,10 +82,9 @@ from ..analyze import Analyzer, TraceResult
 from ..credit import shape_advantages
 from ..errors import AttnRhythmError
 from .config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
-from .shaping import ROLE_NAMES, capturing_rollout, credit_from_results, rollout_gamma
+from .shaping import COUNT_KEYS, capturing_rollout, credit_from_results, rhythm_metrics, rollout_gamma
 
 _IMAGE_KEYS = ("pixel_values", "image_grid_thw", "num_images")
-_COUNT_KEYS = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)
 
 
 class RhythmGRPOTrainer(GRPOTrainer):
@@ -296,18 +295,13 @@ class RhythmGRPOTrainer(GRPOTrainer):
             yield self._causal_lm(unwrapped)
 
     def _log_rhythm(self, metrics: dict[str, list[float]], counts: dict[str, float], seconds: float) -> None:
-        local = torch.tensor([counts[key] for key in _COUNT_KEYS], dtype=torch.float32)
+        local = torch.tensor([counts[key] for key in COUNT_KEYS], dtype=torch.float32)
         local = local.to(self.accelerator.device)
-        totals = self.accelerator.gather(local).view(-1, len(_COUNT_KEYS)).sum(0).tolist()
-        total = dict(zip(_COUNT_KEYS, totals))
-        tokens = max(total["tokens"], 1.0)
-        metrics["rhythm/gamma_mean"].append(total["gamma_sum"] / tokens if total["tokens"] else 1.0)
-        metrics["rhythm/amplified_share"].append(total["amplified"] / tokens)
-        for name in ROLE_NAMES:
-            metrics[f"rhythm/{name}_share"].append(total[name] / tokens)
-        metrics["rhythm/analysed_share"].append(total["analysed"] / max(total["sequences"], 1.0))
+        totals = self.accelerator.gather(local).view(-1, len(COUNT_KEYS)).sum(0).tolist()
         elapsed = torch.tensor([seconds], dtype=torch.float32, device=self.accelerator.device)
-        metrics["rhythm/seconds"].append(float(self.accelerator.gather(elapsed).max()))
+        slowest = float(self.accelerator.gather(elapsed).max())
+        for name, value in rhythm_metrics(dict(zip(COUNT_KEYS, totals)), slowest).items():
+            metrics[name].append(value)
 
 
 class _FusedBatch:

@@ -20,7 +20,7 @@ trace.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -32,6 +32,29 @@ from ..credit import CreditConfig, gamma
 from ..sharding import agreed_count
 
 ROLE_NAMES: tuple[str, ...] = ("preplan", "anchor", "dominated", "intro")
+COUNT_KEYS: tuple[str, ...] = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)
+
+
+def rhythm_metrics(totals: Mapping[str, float], seconds: float) -> dict[str, float]:
+    """The logged ``rhythm/*`` metrics of a batch from its token counts summed over ranks.
+
+    ``totals`` has :data:`COUNT_KEYS` (missing keys count 0): ``rhythm/gamma_mean`` and
+    ``rhythm/amplified_share`` over loss-mask tokens, ``rhythm/<role>_share`` per role,
+    ``rhythm/analysed_share`` over sequences, and ``rhythm/seconds`` as given. The TRL trainer and
+    the verl trainer mode both log these.
+    """
+    tokens = float(totals.get("tokens", 0.0))
+    denominator = max(tokens, 1.0)
+    out = {
+        "rhythm/gamma_mean": float(totals.get("gamma_sum", 0.0)) / denominator if tokens else 1.0,
+        "rhythm/amplified_share": float(totals.get("amplified", 0.0)) / denominator,
+    }
+    for name in ROLE_NAMES:
+        out[f"rhythm/{name}_share"] = float(totals.get(name, 0.0)) / denominator
+    sequences = max(float(totals.get("sequences", 0.0)), 1.0)
+    out["rhythm/analysed_share"] = float(totals.get("analysed", 0.0)) / sequences
+    out["rhythm/seconds"] = float(seconds)
+    return out
 
 
 @dataclass

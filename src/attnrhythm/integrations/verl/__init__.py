@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .credit import COUNT_KEYS, batch_credit
+from ...train.shaping import COUNT_KEYS, rhythm_metrics
+from .credit import batch_credit
 from .layout import PaddedRollout, nested_to_padded, padded_rollout, padded_to_nested, response_layout
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
 _LAZY = {
     "RhythmActorRolloutRefWorker": ".worker",
     "RhythmPPOTrainer": ".trainer",
-    "rhythm_metrics": ".trainer",
     "shape_verl_advantages": ".trainer",
 }
 

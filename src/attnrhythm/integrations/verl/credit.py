@@ -27,10 +27,8 @@ import torch
 
 from ...analyze import Analyzer
 from ...train.config import RhythmCreditConfig
-from ...train.shaping import ROLE_NAMES, rollout_gamma
+from ...train.shaping import COUNT_KEYS, rollout_gamma
 from .layout import padded_rollout, response_layout
-
-COUNT_KEYS: tuple[str, ...] = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)
 
 
 @contextmanager

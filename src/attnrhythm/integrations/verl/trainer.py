@@ -34,8 +34,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from ...credit import shape_advantages
 from ...errors import AttnRhythmError
 from ...train.config import RhythmCreditConfig
-from ...train.shaping import ROLE_NAMES
-from .credit import COUNT_KEYS
+from ...train.shaping import COUNT_KEYS, rhythm_metrics
 from .worker import COUNTS_FIELD, GAMMA_FIELD, SETTINGS_KEY, STEP_KEY, RhythmActorRolloutRefWorker
 
 MODE = "rhythm_grpo"
@@ -83,23 +82,6 @@ def shape_verl_advantages(
     # one row holding every token: the rule is elementwise, so the flat values shape exactly like rows
     flat = shape_advantages(advantages.values()[None], gamma.values()[None], response_mask.values()[None])
     return torch.nested.nested_tensor_from_jagged(flat[0].contiguous(), offsets=offsets)
-
-
-def rhythm_metrics(totals: Mapping[str, float], seconds: float) -> dict[str, float]:
-    """The ``rhythm/*`` metrics of a batch from its summed token counts (names as in the TRL trainer)."""
-    tokens = float(totals.get("tokens", 0.0))
-    denominator = max(tokens, 1.0)
-    out = {
-        "rhythm/gamma_mean": float(totals.get("gamma_sum", 0.0)) / denominator if tokens else 1.0,
-        "rhythm/amplified_share": float(totals.get("amplified", 0.0)) / denominator,
-    }
-    for name in ROLE_NAMES:
-        out[f"rhythm/{name}_share"] = float(totals.get(name, 0.0)) / denominator
-    out["rhythm/analysed_share"] = float(totals.get("analysed", 0.0)) / max(
-        float(totals.get("sequences", 0.0)), 1.0
-    )
-    out["rhythm/seconds"] = float(seconds)
-    return out
 
 
 @register_trainer(MODE)

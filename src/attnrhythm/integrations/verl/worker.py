@@ -18,7 +18,8 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from ...errors import AttnRhythmError
 from ...train.config import RhythmCreditConfig
-from .credit import COUNT_KEYS, batch_credit
+from ...train.shaping import COUNT_KEYS
+from .credit import batch_credit
 
 SETTINGS_KEY = "rhythm_credit"  # non-tensor entry of the batch: the RhythmCreditConfig fields
 STEP_KEY = "rhythm_step"  # non-tensor entry of the batch: the trainer's global step
@@ -45,7 +46,7 @@ class RhythmActorRolloutRefWorker(ActorRolloutRefWorker):
         the padded layout) and the non-tensor entries ``rhythm_credit`` (a dict of
         :class:`RhythmCreditConfig` fields) and ``rhythm_step``. Returns ``rhythm_gamma``, laid out
         like ``responses`` (nested or padded), and ``rhythm_counts`` (B, K): this rank's token
-        counts (:data:`~attnrhythm.integrations.verl.credit.COUNT_KEYS`) in its first row, so the
+        counts (:data:`~attnrhythm.train.shaping.COUNT_KEYS`) in its first row, so the
         sum over a batch's rows is the batch's total. Every actor rank must take part.
         """
         if self.actor is None:
