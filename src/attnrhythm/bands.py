@@ -90,7 +90,8 @@ def scan_band(
         scores = torch.matmul(q, keys[:, t0 : t0 + span].transpose(1, 2)).view(n_heads, r, span)
         scores.mul_(scale)
         # gap[i, m] = t - s for row t = t0 + i and key s = t0 - width + 1 + m
-        gap = torch.arange(r, device=device)[:, None] + (width - 1) - torch.arange(span, device=device)[None, :]
+        rows_idx = torch.arange(r, device=device)[:, None]
+        gap = rows_idx + (width - 1) - torch.arange(span, device=device)[None, :]
         first = max(0, width - 1 - t0)  # keys before the start of the sequence are padding
         valid = (gap >= 0) & (gap < min(width, reach or width))
         if first:

@@ -223,7 +223,8 @@ def attnrhythm_attention_forward(
         )
     if kwargs.get("s_aux") is not None:
         raise AttnRhythmError(
-            "this model uses attention sinks, which attnrhythm does not capture yet: pick a model without sinks"
+            "this model uses attention sinks, which attnrhythm does not capture yet: "
+            "pick a model without sinks"
         )
     return capture.attend(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 

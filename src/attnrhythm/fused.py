@@ -208,7 +208,7 @@ def band_width(length: int, window: int, bands: list[Band], sliding: int | None)
     """Width of the band scan: W, every finite hi + 1, every open lo beyond the smallest, the window."""
     need = window
     opens = sorted(lo for lo, hi in bands if hi is None)
-    for lo, hi in bands:
+    for _, hi in bands:
         if hi is not None:
             need = max(need, hi + 1)
     if opens:
