@@ -38,7 +38,7 @@ class BandScan:
 def band_rows(heads: int, width: int, budget_bytes: int = BLOCK_BUDGET_BYTES) -> int:
     """Query rows per block so that one (heads, rows, rows + width - 1) fp32 block fits the budget."""
     rows = budget_bytes // max(1, heads * 4 * (width + 256))
-    return int(max(16, min(256, rows)))
+    return int(max(16, min(64, rows)))
 
 
 def scan_band(
@@ -78,34 +78,40 @@ def scan_band(
     keys = torch.cat([pad, key], 1)  # index m <-> key s = m - (width - 1)
     weight = row_weight.float()
     out_lse = lse if lse is not None else torch.empty(n_heads, length, device=device)
-    mass = torch.empty(n_heads, length, device=device)
-    moment = torch.empty(n_heads, length, device=device)
-    capped = torch.empty(n_heads, length, device=device)
+    sums = torch.empty(n_heads, length, 3, device=device)  # mass, moment, capped
     cols = {band: torch.zeros(n_heads, length, device=device) for band in bands}
+    # the band is held reversed: column c <-> gap j = t - s = width - 1 - c
+    gap = torch.arange(width - 1, -1, -1, device=device)
+    gap_f = gap.float()
+    reducers = torch.stack([torch.ones_like(gap_f), gap_f, gap_f.clamp_max(window)], -1)  # (width, 3)
+    out_of_reach = gap >= (reach or width)
+    in_band = {band: ((gap >= band[0]) & (gap <= band[1])).float() for band in cols}
+    grid = None
     for t0 in range(0, length, rows):
         t1 = min(length, t0 + rows)
         r = t1 - t0
         span = r + width - 1
         q = query[:, t0:t1].reshape(n_kv, group * r, dim)
-        scores = torch.matmul(q, keys[:, t0 : t0 + span].transpose(1, 2)).view(n_heads, r, span)
-        scores.mul_(scale)
-        # gap[i, m] = t - s for row t = t0 + i and key s = t0 - width + 1 + m
-        rows_idx = torch.arange(r, device=device)[:, None]
-        gap = rows_idx + (width - 1) - torch.arange(span, device=device)[None, :]
-        first = max(0, width - 1 - t0)  # keys before the start of the sequence are padding
-        valid = (gap >= 0) & (gap < min(width, reach or width))
-        if first:
-            valid[:, :first] = False
-        scores.masked_fill_(~valid, float("-inf"))
+        block = torch.matmul(q, keys[:, t0 : t0 + span].transpose(1, 2)).view(n_heads, r, span)
+        # band[h, i, c] = block[h, i, i + c]: row t = t0 + i, key s = t0 + i - (width - 1) + c
+        band = block.as_strided((n_heads, r, width), (r * span, span + 1, 1)) * scale
+        masked = out_of_reach[None, :].expand(r, width)
+        if t0 < width - 1:  # keys before the start of the sequence
+            t_idx = torch.arange(t0, t1, device=device)[:, None]
+            masked = masked | (gap[None, :] > t_idx)
+        band.masked_fill_(masked, float("-inf"))
         if lse is None:
-            out_lse[:, t0:t1] = torch.logsumexp(scores, -1)
-        probs = scores.sub_(out_lse[:, t0:t1, None]).exp_()  # exp(-inf) = 0 outside the band
-        gap_f = gap.clamp_min(0).float()
-        mass[:, t0:t1] = probs.sum(-1)
-        moment[:, t0:t1] = (probs * gap_f).sum(-1)
-        capped[:, t0:t1] = (probs * gap_f.clamp_max(window)).sum(-1)
-        for lo, hi in cols:
-            inside = ((gap >= lo) & (gap <= hi)).float() * weight[t0:t1, None]
-            col = torch.einsum("hrm,rm->hm", probs, inside)
-            cols[(lo, hi)][:, t0 - width + 1 + first : t1] += col[:, first:]
-    return BandScan(lse=out_lse, mass=mass, moment=moment, capped=capped, cols=cols)
+            out_lse[:, t0:t1] = torch.logsumexp(band, -1)
+        probs = band.sub_(out_lse[:, t0:t1, None]).exp_()  # exp(-inf) = 0 outside the band
+        sums[:, t0:t1] = torch.matmul(probs, reducers)
+        if in_band:
+            # column s gathers row t's entry at gap t - s: lay the weighted band back on the block
+            # grid (entries off the band stay zero from one block to the next) and sum over rows
+            if grid is None or grid.shape[1] != r:
+                grid = block.new_zeros(n_heads, r, span)
+            on_band = grid.as_strided((n_heads, r, width), (r * span, span + 1, 1))
+            first = max(0, width - 1 - t0)
+            for (lo, hi), inside in in_band.items():
+                torch.mul(probs, weight[t0:t1, None] * inside[None, :], out=on_band)
+                cols[(lo, hi)][:, t0 - width + 1 + first : t1] += grid[:, :, first:].sum(1)
+    return BandScan(lse=out_lse, mass=sums[..., 0], moment=sums[..., 1], capped=sums[..., 2], cols=cols)

@@ -249,8 +249,8 @@ def layer_reductions(
     for b, (start, end) in enumerate(layout.segments):
         if end <= start:
             continue
-        q = query[b, :, start:end].detach().float()
-        k = key[b, :, start:end].detach().float()
+        q = query[b, :, start:end].detach().float().contiguous()
+        k = key[b, :, start:end].detach().float().contiguous()
         v = None if value is None else value[b, :, start:end].detach()
         red, out = _sequence(
             q, k, v, layout.window, scale=scale, window=window, bands=bands, row_weight=weights[b, start:end]
