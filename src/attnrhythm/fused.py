@@ -192,9 +192,7 @@ def column_sums_to_end(
     ones = torch.ones(n_heads, length, 1, device=query.device)
     q_prime = torch.cat([keys_rev, ones], -1)[:, lo:]
     k_prime = torch.cat([query.flip(1), bias.flip(1)[..., None]], -1)[:, :span]
-    v_prime = torch.zeros(1, 1, 1, 1, device=query.device).expand(1, n_heads, span, dim + 1)
-    if query.device.type != "cuda":
-        v_prime = v_prime.contiguous()
+    v_prime = torch.zeros(1, n_heads, span, dim + 1, device=query.device)  # only the lse is used
     _, lse_rev = causal_attention_with_lse(q_prime[None], k_prime[None], v_prime, scale)
     out[:, :span] = lse_rev[0].flip(-1).exp()
     return out
