@@ -11,7 +11,9 @@ Three levels:
 * the embedded SmolLM2-135M-Instruct on a real math answer (marked ``embedded``).
 
 And ``capture.attnrhythm_attention_forward`` leaves the model's own outputs bit-identical to
-transformers' SDPA path, inside a capture and outside it.
+transformers' SDPA path outside a capture, and equal to it within fp32 rounding inside one
+(the fused route computes the analysed layers' outputs itself). The fused route's own
+equality tests (padding at both ends, sliding windows, fallbacks) are in ``test_fused_route.py``.
 
 Tolerance everywhere: ``rtol = atol = 1e-5`` (fp32 streaming vs float64 or eager reference).
 """
@@ -221,15 +223,16 @@ def test_analyzer_matches_dense_reference(case):
         compare_with_dense(arch, model, config, trace, result, in_hypothesis=True)
 
 
+@pytest.mark.parametrize("route", ["auto", "tile"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_analyzer_matches_dense_every_architecture(arch):
-    """A fixed left-padded batch per architecture (so each one is covered whatever hypothesis draws)."""
+def test_analyzer_matches_dense_every_architecture(arch, route):
+    """A fixed left-padded batch per architecture and route (covered whatever hypothesis draws)."""
     model = tiny_model(arch)
     traces = [TraceInput(_random_ids(n, 10 * n), r0) for n, r0 in [(80, 20), (33, 1), (57, 40)]]
     for config in (
-        AnalysisConfig(layers="all", tile_size=7),
-        AnalysisConfig(layers=[-1], fai_horizon="0:end", window=3, tile_size=1),
-        AnalysisConfig(layers="all", fai_horizon=(2, 5), window=1, tile_size=None),
+        AnalysisConfig(layers="all", tile_size=7, route=route),
+        AnalysisConfig(layers=[-1], fai_horizon="0:end", window=3, tile_size=1, route=route),
+        AnalysisConfig(layers="all", fai_horizon=(2, 5), window=1, tile_size=None, route=route),
     ):
         results = Analyzer(model, config).analyze(traces)
         for trace, result in zip(traces, results, strict=True):
@@ -502,9 +505,11 @@ def test_attnrhythm_attention_returns_sdpa_outputs(arch):
         outside = logits()
     finally:
         model.set_attn_implementation("sdpa")
-    assert torch.equal(inside, reference)
+    # the fused route computes the analysed layers' outputs itself: equal to SDPA's up to fp32 rounding
+    torch.testing.assert_close(inside, reference, rtol=1e-5, atol=1e-5)
     assert torch.equal(outside, reference)
     assert sorted(capture.results) == list(range(n_layers))
+    assert set(capture.routes.values()) <= {"fused", "band"}
 
 
 def test_attention_forward_is_sdpa_for_one_module():

@@ -53,6 +53,7 @@ class AnalysisConfig:
     save_maps: str | tuple[int, int] | None = None  # response-relative START:END of kept map blocks
     proximity: int = 4  # receiver heads: column scores count attention from >= proximity tokens later
     receiver_count: int | None = None  # receiver heads kept (None: as many as global heads; 0: off)
+    route: str | None = None  # attention route: auto, fused or tile (None: $ATTNRHYTHM_ROUTE or auto)
 
     def __post_init__(self) -> None:
         self.fai_horizon = parse_horizon(self.fai_horizon)
@@ -62,6 +63,8 @@ class AnalysisConfig:
             raise AttnRhythmError(f"bad --window {self.window}: the WAAD window must be >= 1")
         if self.proximity < 1:
             raise AttnRhythmError(f"bad --proximity {self.proximity}: it must be >= 1")
+        if self.route is not None and self.route not in cap.ROUTES:
+            raise AttnRhythmError(f"bad route {self.route!r}: use one of {', '.join(cap.ROUTES)}")
         if self.tile_size is not None and self.tile_size < 1:
             raise AttnRhythmError(f"bad --tile-size {self.tile_size}: it must be >= 1")
 
@@ -328,6 +331,7 @@ class Analyzer:
             row_weight=row_weight,
             tile_size=self.config.tile_size,
             blocks=blocks,
+            route=self.config.route or cap.default_route(),
         )
 
     def results_from_capture(

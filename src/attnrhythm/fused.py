@@ -1,0 +1,369 @@
+"""Statistics from a fused attention kernel: its output, each row's log-sum-exp and one reverse pass.
+
+The fused route of :mod:`capture`, for an analysed layer whose mask is causal attention within
+one contiguous run of live tokens per sequence (left and/or right padding around it), with or
+without a sliding window. Per sequence and per layer:
+
+1. **Forward call.** One fused kernel call (CPU: ``aten._scaled_dot_product_flash_attention_for_cpu``;
+   CUDA: ``aten._scaled_dot_product_efficient_attention``) over the live tokens, causal, gives the
+   layer's output and each row's log-sum-exp ``lse_t``. One extra value column holding the key
+   position s makes the same call return ``sum_s A[t,s] s``, hence ``dist[t] = t - sum_s A[t,s] s``.
+   (q and k get a zero column so that the head sizes match; the scores do not change.)
+2. **Band.** :func:`bands.scan_band` recomputes only the scores with ``t - s < width``
+   (``width = max(W, hi + 1, ...)``, 51 by default) and turns them into probabilities with
+   ``lse``: WAAD, finite-horizon FAI columns and the near part of ``dist``.
+3. **Reverse pass.** Column sums to the end, ``C_lo[s] = sum_{t >= s + lo} w_t A[t, s]``, are the
+   exponential of the log-sum-exp of one more fused call with keys as queries: the scores
+   ``k_s . q_t * scale + log w_t - lse_t``, the bias folded in as one extra head dimension
+   (query' = [k_s, 1], key' = [q_t, (log w_t - lse_t) / scale]), both sequences reversed so that
+   ``t >= s + lo`` is the kernel's top-left causal pattern once the first ``lo`` reversed
+   queries are dropped. Further open bands (lo' > lo) subtract a band strip.
+
+A sliding-window layer whose window is shorter than the sequence needs no kernel at all for its
+statistics: every key a row sees is inside the band of width ``window``, so the band scan
+computes the log-sum-exp itself (``route = "band"``); its output comes from SDPA as usual.
+
+Rows outside a sequence's live tokens (padding) get zero statistics and add nothing to the
+column sums. Models in another dtype than float32 (bf16 on a GPU) keep SDPA's output and run
+the statistics calls in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .bands import scan_band
+from .stats import Band, LayerReductions
+
+NO_WEIGHT = -1e30  # log-weight of rows with zero weight: exp() of it is exactly 0
+
+
+@dataclass
+class MaskLayout:
+    """Live tokens [start, end) of every sequence, and the sliding window (None: full causal)."""
+
+    segments: list[tuple[int, int]]
+    window: int | None
+
+
+def detect_layout(attention_mask: torch.Tensor | None, bsz: int, length: int) -> MaskLayout | None:
+    """The layout of a causal mask made of padding and an optional sliding window, or None.
+
+    ``attention_mask`` is the 4D mask transformers hands to the attention function (bool, True =
+    attend, or additive float with 0 / very negative values), or None for plain causal. The
+    structure is read from the diagonal and the last live row, then checked row block by row
+    block (memory: a few MiB), so any other mask (packed sequences, per-head masks, biases)
+    returns None and the caller falls back to the tile route.
+    """
+    if attention_mask is None:
+        return MaskLayout(segments=[(0, length)] * bsz, window=None)
+    mask = attention_mask
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (length, length):
+        return None
+    if mask.shape[0] not in (1, bsz):
+        return None
+    if mask.dtype != torch.bool and not torch.is_floating_point(mask):
+        return None
+    segments: list[tuple[int, int]] = []
+    window: int | None = None
+    for b in range(bsz):
+        m = mask[min(b, mask.shape[0] - 1), 0]
+        live = torch.nonzero(_allowed(m.diagonal())).flatten()
+        if live.numel() == 0:
+            segments.append((0, 0))
+            continue
+        start, end = int(live[0]), int(live[-1]) + 1
+        if live.numel() != end - start:
+            return None
+        last = torch.nonzero(_allowed(m[end - 1])).flatten()
+        first_key = int(last[0]) if last.numel() else end
+        seq_window = end - first_key if first_key > start else None
+        if seq_window is not None:
+            if window is not None and window != seq_window:
+                return None
+            window = seq_window
+        segments.append((start, end))
+    for b, (start, end) in enumerate(segments):
+        m = mask[min(b, mask.shape[0] - 1), 0]
+        if not _rows_match(m, start, end, window):
+            return None
+    return MaskLayout(segments=segments, window=window)
+
+
+def _rows_match(mask: torch.Tensor, start: int, end: int, window: int | None) -> bool:
+    """True when rows [start, end) of ``mask`` (N, N) are causal within [start, end) (+ window)."""
+    length = mask.shape[-1]
+    keys = torch.arange(length, device=mask.device)
+    step = max(1, 2**22 // max(1, length))
+    for r0 in range(start, end, step):
+        r1 = min(end, r0 + step)
+        rows = torch.arange(r0, r1, device=mask.device)[:, None]
+        expected = (keys[None, :] >= start) & (keys[None, :] <= rows)
+        if window is not None:
+            expected &= keys[None, :] > rows - window
+        got = mask[r0:r1]
+        if got.dtype != torch.bool:
+            blocked = got < torch.finfo(got.dtype).min / 2
+            if not torch.all(blocked | (got == 0)):
+                return False  # a float mask with biases: not a pure pattern
+            got = ~blocked
+        if not torch.equal(got, expected):
+            return False
+    return True
+
+
+def _allowed(values: torch.Tensor) -> torch.Tensor:
+    """Where a bool (True) or additive (0) mask lets a query attend."""
+    return values if values.dtype == torch.bool else values == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels
+
+
+def causal_attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal (top-left) attention of (1, H, M, D) tensors: (output (1, H, M, Dv), lse (1, H, M) fp32).
+
+    One fused kernel call; key and value may have fewer heads than query (GQA).
+    """
+    if query.device.type == "cuda":
+        return _efficient_attention(query, key, value, scale)
+    if key.shape[-1] != value.shape[-1] or query.shape[-1] != key.shape[-1]:
+        raise ValueError("the CPU flash kernel needs one head size for query, key and value")
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, True, scale=scale
+    )
+    return out, lse
+
+
+def _efficient_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CUDA: the memory-efficient kernel (float32 capable; returns the log-sum-exp)."""
+    group = query.shape[1] // key.shape[1]
+    if group > 1:
+        key = key.repeat_interleave(group, dim=1)
+        value = value.repeat_interleave(group, dim=1)
+    dim_v = value.shape[-1]
+    query, key, value = _pad_dim(query, 8), _pad_dim(key, 8), _pad_dim(value, 8)
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+        query, key, value, None, True, 0.0, True, scale=scale
+    )[:2]
+    return out[..., :dim_v], lse[..., : query.shape[2]].float()
+
+
+def _pad_dim(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    extra = -x.shape[-1] % multiple
+    if not extra:
+        return x
+    return torch.cat([x, x.new_zeros(*x.shape[:-1], extra)], -1)
+
+
+def column_sums_to_end(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    lse: torch.Tensor,
+    row_weight: torch.Tensor,
+    scale: float,
+    lo: int,
+) -> torch.Tensor:
+    """``C_lo[s] = sum_{t >= s + lo} w_t A[t, s]`` for one causal sequence, by one reverse fused call.
+
+    Args:
+        query: (H, L, D) float32; key: (Hkv, L, D) float32; lse: (H, L) row log-sum-exp;
+        row_weight: (L,) non-negative weights; lo: the band's lower horizon (>= 0).
+    Returns (H, L) float32.
+    """
+    n_heads, length, dim = query.shape
+    out = torch.zeros(n_heads, length, device=query.device)
+    span = length - lo
+    if span <= 0:
+        return out
+    group = n_heads // key.shape[0]
+    w = row_weight.float()
+    log_w = torch.where(w > 0, w.clamp_min(torch.finfo(torch.float32).tiny).log(), NO_WEIGHT)
+    bias = (log_w[None, :] - lse) / scale  # (H, L); times scale inside the kernel
+    # reversed order: reversed query' index i <-> key s = L-1-i; reversed key' index j <-> row t = L-1-j
+    keys_rev = key.flip(1).repeat_interleave(group, dim=0)
+    ones = torch.ones(n_heads, length, 1, device=query.device)
+    q_prime = torch.cat([keys_rev, ones], -1)[:, lo:]
+    k_prime = torch.cat([query.flip(1), bias.flip(1)[..., None]], -1)[:, :span]
+    v_prime = torch.zeros(1, n_heads, span, dim + 1, device=query.device)  # only the lse is used
+    _, lse_rev = causal_attention_with_lse(q_prime[None], k_prime[None], v_prime, scale)
+    out[:, :span] = lse_rev[0].flip(-1).exp()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# one layer
+
+
+def band_width(length: int, window: int, bands: list[Band], sliding: int | None) -> int:
+    """Width of the band scan: W, every finite hi + 1, every open lo beyond the smallest, the window."""
+    need = window
+    opens = sorted(lo for lo, hi in bands if hi is None)
+    for _, hi in bands:
+        if hi is not None:
+            need = max(need, hi + 1)
+    if opens:
+        need = max(need, opens[-1])
+    if sliding is not None:
+        need = max(need, sliding)
+    return int(max(1, min(length, need)))
+
+
+def layer_reductions(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor | None,
+    layout: MaskLayout,
+    *,
+    scaling: float | None,
+    window: int,
+    bands: list[Band],
+    row_weight: torch.Tensor,
+    blocks: list[tuple[int, int] | None] | None = None,
+) -> tuple[LayerReductions, torch.Tensor | None]:
+    """Reductions of one layer on the fused (or band) route, and the layer output if asked.
+
+    ``value`` given (float32 model): the output (B, N, H, D) comes from the same fused calls,
+    padding rows excepted (the caller fills them). ``value`` None: statistics only.
+    """
+    bsz, n_heads, length, dim = query.shape
+    scale = float(scaling) if scaling is not None else dim**-0.5
+    device = query.device
+    dist = torch.zeros(bsz, n_heads, length, device=device)
+    waad = torch.zeros(bsz, n_heads, length, device=device)
+    cols = {band: torch.zeros(bsz, n_heads, length, device=device) for band in bands}
+    kept: list[torch.Tensor | None] = [None] * bsz
+    output = None
+    if value is not None:
+        output = torch.zeros(bsz, length, n_heads, value.shape[-1], device=device, dtype=value.dtype)
+    weights = row_weight.detach().float().to(device)
+    for b, (start, end) in enumerate(layout.segments):
+        if end <= start:
+            continue
+        q = query[b, :, start:end].detach().float().contiguous()
+        k = key[b, :, start:end].detach().float().contiguous()
+        v = None if value is None else value[b, :, start:end].detach()
+        red, out = _sequence(
+            q, k, v, layout.window, scale=scale, window=window, bands=bands, row_weight=weights[b, start:end]
+        )
+        dist[b, :, start:end] = red["dist"]
+        waad[b, :, start:end] = red["waad"]
+        for band in bands:
+            cols[band][b, :, start:end] = red["cols"][band]
+        if out is not None:
+            output[b, start:end] = out.transpose(0, 1)
+        span = blocks[b] if blocks else None
+        if span is not None:
+            kept[b] = _map_block(q, k, red["lse"], scale, layout.window, start, span)
+    reductions = LayerReductions(dist=dist, waad=waad, cols=cols, blocks=kept if blocks else None)
+    return reductions, output
+
+
+def _sequence(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor | None,
+    sliding: int | None,
+    *,
+    scale: float,
+    window: int,
+    bands: list[Band],
+    row_weight: torch.Tensor,
+) -> tuple[dict, torch.Tensor | None]:
+    """Reductions of one sequence's live tokens; q (H, L, D), k/v (Hkv, L, D) float32."""
+    n_heads, length, dim = q.shape
+    positions = torch.arange(length, device=q.device, dtype=torch.float32)
+    banded = sliding is not None and sliding < length
+    width = band_width(length, window, bands, sliding if banded else None)
+    finite = [(lo, hi) for lo, hi in bands if hi is not None]
+    opens = sorted({lo for lo, hi in bands if hi is None})
+    out = None
+    if banded:
+        # every key a row sees lies in the band: the band gives the log-sum-exp and everything else
+        strips = [(lo, width - 1) for lo in opens if lo < width and (lo, width - 1) not in finite]
+        scan = scan_band(
+            q,
+            k,
+            scale=scale,
+            width=width,
+            window=window,
+            row_weight=row_weight,
+            bands=finite + strips,
+            reach=sliding,
+        )
+        dist = scan.moment
+        waad = scan.capped
+        cols = {band: scan.cols[band] for band in finite}
+        for lo in opens:
+            cols[(lo, None)] = scan.cols[(lo, width - 1)] if lo < width else torch.zeros_like(dist)
+        return {"dist": dist, "waad": waad, "cols": cols, "lse": scan.lse}, None
+
+    # one fused call: output (if v is given), lse and sum_s A[t,s] s from an extra value column
+    zero_q = q.new_zeros(n_heads, length, 1)
+    pos_col = positions[None, :, None].expand(k.shape[0], length, 1)
+    if v is not None:
+        q_aug = torch.cat([q.to(v.dtype), zero_q.to(v.dtype)], -1)
+        k_aug = torch.cat([k.to(v.dtype), zero_q[: k.shape[0]].to(v.dtype)], -1)
+        v_aug = torch.cat([v, pos_col.to(v.dtype)], -1)
+        res, lse = causal_attention_with_lse(q_aug[None], k_aug[None], v_aug[None], scale)
+        out = res[0, ..., :dim]
+        mean_pos = res[0, ..., dim].float()
+    else:
+        v_pos = torch.cat([pos_col, k.new_zeros(k.shape[0], length, dim - 1)], -1)
+        res, lse = causal_attention_with_lse(q[None], k[None], v_pos[None], scale)
+        mean_pos = res[0, ..., 0].float()
+    lse = lse[0].float()
+    strips = []
+    if opens:
+        strips = [(opens[0], lo - 1) for lo in opens[1:] if lo - 1 >= opens[0]]
+    scan = scan_band(
+        q, k, scale=scale, width=width, window=window, row_weight=row_weight, bands=finite + strips, lse=lse
+    )
+    inside = positions < width  # rows whose every key lies in the band
+    beyond = torch.where(inside, 0.0, (1.0 - scan.mass).clamp_min(0.0))  # mass further back than the band
+    dist = torch.where(inside, scan.moment, positions - mean_pos)
+    waad = scan.capped + window * beyond
+    cols = {band: scan.cols[band] for band in finite}
+    if opens:
+        base = column_sums_to_end(q, k, lse, row_weight, scale, opens[0])
+        cols[(opens[0], None)] = base
+        for lo in opens[1:]:
+            cols[(lo, None)] = base - scan.cols[(opens[0], lo - 1)] if lo > opens[0] else base
+    return {"dist": dist, "waad": waad, "cols": cols, "lse": lse}, out
+
+
+def _map_block(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    sliding: int | None,
+    start: int,
+    span: tuple[int, int],
+) -> torch.Tensor:
+    """The (H, S, S) map block A[a:e, a:e] (padded coordinates) from its scores and the row lse."""
+    a, e = span
+    n_heads = q.shape[0]
+    group = n_heads // k.shape[0]
+    size = e - a
+    block = torch.zeros(n_heads, size, size, device=q.device)
+    lo, hi = max(a, start) - start, min(e, start + q.shape[1]) - start
+    if hi <= lo:
+        return block
+    kk = k[:, lo:hi].repeat_interleave(group, dim=0)
+    scores = torch.matmul(q[:, lo:hi], kk.transpose(1, 2)) * scale
+    idx = torch.arange(hi - lo, device=q.device)
+    allowed = idx[None, :] <= idx[:, None]
+    if sliding is not None:
+        allowed &= idx[:, None] - idx[None, :] < sliding
+    probs = (scores - lse[:, lo:hi, None]).exp() * allowed
+    off = lo + start - a
+    block[:, off : off + hi - lo, off : off + hi - lo] = probs
+    return block
