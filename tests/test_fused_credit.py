@@ -7,7 +7,6 @@ the last ``logits_to_keep`` columns being the completion.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 
 import pytest
@@ -19,9 +18,7 @@ datasets = pytest.importorskip("datasets")
 from test_train_trl import (  # noqa: E402
     RecordingTrainer,
     check_rule,
-    grpo_args,
-    lowercase_share,
-    prompts_dataset,
+    make_trainer,
     rhythm_config,
     stub_batch,
     tiny_model,
@@ -118,18 +115,7 @@ def test_fused_gamma_equals_separate(tokenizer, chunk):
 
 
 def make(tokenizer, path, rhythm, **args):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = RecordingTrainer(
-            tiny_model(tokenizer),
-            reward_funcs=lowercase_share,
-            args=grpo_args(path, **args),
-            train_dataset=prompts_dataset(),
-            processing_class=tokenizer,
-            rhythm=rhythm,
-        )
-    trainer.records = []
-    return trainer
+    return make_trainer(tokenizer, path, rhythm, cls=RecordingTrainer, **args)
 
 
 def test_trainer_fused_equals_separate(tokenizer, tmp_path, monkeypatch):
