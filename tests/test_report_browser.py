@@ -141,6 +141,10 @@ def test_index_and_navigation(browser, report, tmp_path):
     assert "long" in rows.nth(0).inner_text() and "42" in rows.nth(0).inner_text()
     hist_ink = page.evaluate(INK, "#index canvas")
     assert len(hist_ink) >= 6 and min(hist_ink) > 0.005, hist_ink
+    # the corpus head-stability grid (the report's 3 traces share their layers): hover a head
+    card = page.locator("#index h3", has_text="Head stability over 3 traces").locator("xpath=..")
+    card.locator("canvas").hover(position={"x": 50, "y": 28})
+    assert "over 3 traces: local in" in page.locator("#tip").inner_text()
     page.locator("table.traces th", has_text="tokens").click()  # sort ascending by length
     assert "no-maps" in rows.nth(0).inner_text()
     page.screenshot(path=str(_shots(tmp_path) / "report-index.png"), full_page=True)

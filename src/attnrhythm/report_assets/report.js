@@ -630,56 +630,80 @@
   }
 
   // ------------------------------------------------------------------ head picture
-  function HeadPlot(host, tr) {
-    const h = tr.heads;
-    const rows = h.d.length, cols = rows ? h.d[0].length : 0;
-    const cell = Math.max(12, Math.min(32, Math.floor(300 / Math.max(1, cols))));
-    const L = 40, T = 22, B = 74;
-    const W = Math.max(L + cols * cell + 10, 250), H = T + rows * cell + B;
+  // A layers x heads grid on a canvas: title, "L<layer>" row labels, head numbers and an axis
+  // caption; paint(g, x0, y0, r, k, key, cell) draws each cell. The caller adds legend and hover;
+  // cellAt(event) gives [r, k] under the mouse, or null.
+  function headGrid(host, o, paint) {
+    const rows = o.layers.length, cols = o.cols;
+    const cell = Math.max(o.minCell, Math.min(32, Math.floor(o.span / Math.max(1, cols))));
+    const L = 40, T = 22;
+    const W = Math.max(L + cols * cell + 10, o.minWidth), H = T + rows * cell + o.bottom;
     const wrap = el("div", "plot");
-    const c = el("canvas");
-    wrap.append(c);
+    const canvas = el("canvas");
+    wrap.append(canvas);
     host.append(wrap);
-    const cls = {};
-    for (const [l, k] of h.local) cls[l + ":" + k] = "local";
-    for (const [l, k] of h.global) cls[l + ":" + k] = "global";
-    const recv = new Set((h.receiver || []).map(([l, k]) => l + ":" + k));
-    let lo = Infinity, hi = -Infinity;
-    for (const row of h.d) for (const v of row) if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
-    const g = setupCanvas(c, W, H);
+    const g = setupCanvas(canvas, W, H);
     g.fillStyle = "#1d2330";
     g.font = "600 " + FONT;
     g.textBaseline = "alphabetic";
-    g.fillText("head span d[l,h]", L, T - 8);
+    g.fillText(o.title, L, T - 8);
     g.font = FONT;
     for (let r = 0; r < rows; r++) {
-      for (let k = 0; k < cols; k++) {
-        const v = h.d[r][k];
-        g.fillStyle = v === null ? "#eee" : colour(0.04 + (0.92 * (v - lo)) / (hi - lo || 1));
-        g.fillRect(L + k * cell, T + r * cell, cell - 1, cell - 1);
-        const key = h.layers[r] + ":" + k;
-        if (cls[key]) {
-          g.strokeStyle = cls[key] === "local" ? ROLE_COLOR.preplan : "#0b7a3e";
-          g.lineWidth = 2.5;
-          g.strokeRect(L + k * cell + 1.5, T + r * cell + 1.5, cell - 4, cell - 4);
-        }
-        if (recv.has(key)) {
-          g.fillStyle = "#111";
-          g.beginPath();
-          g.arc(L + k * cell + cell / 2 - 0.5, T + r * cell + cell / 2 - 0.5, 2.4, 0, 2 * Math.PI);
-          g.fill();
-        }
-      }
+      for (let k = 0; k < cols; k++) paint(g, L + k * cell, T + r * cell, r, k, o.layers[r] + ":" + k, cell);
       g.fillStyle = "#4b5260";
       g.textAlign = "right";
       g.textBaseline = "middle";
-      g.fillText("L" + h.layers[r], L - 5, T + r * cell + cell / 2);
+      g.fillText("L" + o.layers[r], L - 5, T + r * cell + cell / 2);
     }
     g.textAlign = "center";
     g.textBaseline = "top";
     for (let k = 0; k < cols; k += cols > 16 ? 4 : 1) g.fillText(String(k), L + k * cell + cell / 2, T + rows * cell + 2);
-    g.fillText("query head", L + (cols * cell) / 2, T + rows * cell + 15);
-    const ly = T + rows * cell + 36;
+    g.fillText(o.caption, L + (cols * cell) / 2, T + rows * cell + o.captionGap);
+    const cellAt = (e) => {
+      const b = canvas.getBoundingClientRect();
+      const k = Math.floor((e.clientX - b.left - L) / cell), r = Math.floor((e.clientY - b.top - T) / cell);
+      return k < 0 || r < 0 || k >= cols || r >= rows ? null : [r, k];
+    };
+    return { canvas, g, L, below: T + rows * cell, cellAt };
+  }
+  function headClasses(local, global) {
+    const cls = {};
+    for (const [l, k] of local) cls[l + ":" + k] = "local";
+    for (const [l, k] of global) cls[l + ":" + k] = "global";
+    return cls;
+  }
+
+  function HeadPlot(host, tr) {
+    const h = tr.heads;
+    const cls = headClasses(h.local, h.global);
+    const recv = new Set((h.receiver || []).map(([l, k]) => l + ":" + k));
+    let lo = Infinity, hi = -Infinity;
+    for (const row of h.d) for (const v of row) if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    const grid = headGrid(
+      host,
+      {
+        layers: h.layers, cols: h.d.length ? h.d[0].length : 0, span: 300, minCell: 12, minWidth: 250,
+        bottom: 74, title: "head span d[l,h]", caption: "query head", captionGap: 15,
+      },
+      (g, x0, y0, r, k, key, cell) => {
+        const v = h.d[r][k];
+        g.fillStyle = v === null ? "#eee" : colour(0.04 + (0.92 * (v - lo)) / (hi - lo || 1));
+        g.fillRect(x0, y0, cell - 1, cell - 1);
+        if (cls[key]) {
+          g.strokeStyle = cls[key] === "local" ? ROLE_COLOR.preplan : "#0b7a3e";
+          g.lineWidth = 2.5;
+          g.strokeRect(x0 + 1.5, y0 + 1.5, cell - 4, cell - 4);
+        }
+        if (recv.has(key)) {
+          g.fillStyle = "#111";
+          g.beginPath();
+          g.arc(x0 + cell / 2 - 0.5, y0 + cell / 2 - 0.5, 2.4, 0, 2 * Math.PI);
+          g.fill();
+        }
+      }
+    );
+    const { canvas: c, g, L } = grid;
+    const ly = grid.below + 36;
     g.textAlign = "left";
     g.textBaseline = "middle";
     g.lineWidth = 2.5;
@@ -704,12 +728,12 @@
     g.textAlign = "left";
     g.fillText(fmt(hi) + " tokens", L + 134, ly + 18);
     c.addEventListener("mousemove", (e) => {
-      const b = c.getBoundingClientRect();
-      const k = Math.floor((e.clientX - b.left - L) / cell), r = Math.floor((e.clientY - b.top - T) / cell);
-      if (k < 0 || r < 0 || k >= cols || r >= rows) {
+      const at = grid.cellAt(e);
+      if (!at) {
         hideTip();
         return;
       }
+      const [r, k] = at;
       const key = h.layers[r] + ":" + k;
       const tags = [cls[key], recv.has(key) ? "receiver" : null].filter(Boolean).join(", ");
       showTip(
@@ -749,26 +773,16 @@
     );
   }
   function StabilityPlot(host, c) {
-    const rows = c.layers.length, cols = rows ? c.distance[0].length : 0;
-    const cell = Math.max(14, Math.min(32, Math.floor(420 / Math.max(1, cols))));
-    const L = 40, T = 22, B = 48;
-    const W = Math.max(L + cols * cell + 10, 300), H = T + rows * cell + B;
-    const wrap = el("div", "plot");
-    const cv = el("canvas");
-    wrap.append(cv);
-    host.append(wrap);
-    const cls = {};
-    for (const [l, k] of c.local) cls[l + ":" + k] = "local";
-    for (const [l, k] of c.global) cls[l + ":" + k] = "global";
-    const g = setupCanvas(cv, W, H);
-    g.fillStyle = "#1d2330";
-    g.font = "600 " + FONT;
-    g.textBaseline = "alphabetic";
-    g.fillText("share of traces: local (left half) / global (right half)", L, T - 8);
-    g.font = FONT;
-    for (let r = 0; r < rows; r++) {
-      for (let k = 0; k < cols; k++) {
-        const x0 = L + k * cell, y0 = T + r * cell, half = (cell - 1) / 2;
+    const cls = headClasses(c.local, c.global);
+    const grid = headGrid(
+      host,
+      {
+        layers: c.layers, cols: c.layers.length ? c.distance[0].length : 0, span: 420, minCell: 14,
+        minWidth: 300, bottom: 48, title: "share of traces: local (left half) / global (right half)",
+        caption: "query head (outlined: corpus local / global heads)", captionGap: 16,
+      },
+      (g, x0, y0, r, k, key, cell) => {
+        const half = (cell - 1) / 2;
         g.fillStyle = "#f1f3f6";
         g.fillRect(x0, y0, cell - 1, cell - 1);
         g.globalAlpha = Math.max(0, Math.min(1, c.stability.local[r][k] || 0));
@@ -778,29 +792,21 @@
         g.fillStyle = "#0b7a3e";
         g.fillRect(x0 + half, y0, half, cell - 1);
         g.globalAlpha = 1;
-        const key = c.layers[r] + ":" + k;
         if (cls[key]) {
           g.strokeStyle = "#111";
           g.lineWidth = 2;
           g.strokeRect(x0 + 1, y0 + 1, cell - 3, cell - 3);
         }
       }
-      g.fillStyle = "#4b5260";
-      g.textAlign = "right";
-      g.textBaseline = "middle";
-      g.fillText("L" + c.layers[r], L - 5, T + r * cell + cell / 2);
-    }
-    g.textAlign = "center";
-    g.textBaseline = "top";
-    for (let k = 0; k < cols; k += cols > 16 ? 4 : 1) g.fillText(String(k), L + k * cell + cell / 2, T + rows * cell + 2);
-    g.fillText("query head (outlined: corpus local / global heads)", L + (cols * cell) / 2, T + rows * cell + 16);
+    );
+    const cv = grid.canvas;
     cv.addEventListener("mousemove", (e) => {
-      const b = cv.getBoundingClientRect();
-      const k = Math.floor((e.clientX - b.left - L) / cell), r = Math.floor((e.clientY - b.top - T) / cell);
-      if (k < 0 || r < 0 || k >= cols || r >= rows) {
+      const at = grid.cellAt(e);
+      if (!at) {
         hideTip();
         return;
       }
+      const [r, k] = at;
       const key = c.layers[r] + ":" + k;
       showTip(
         "layer " + c.layers[r] + " \u00b7 head " + k + "<br>mean span d = " + fmt(c.distance[r][k]) +
