@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from dense import dense_analysis
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_llama import tiny_llama
 
 from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput, compute_maps
 from attnrhythm.errors import AttnRhythmError
@@ -13,17 +13,7 @@ from attnrhythm.errors import AttnRhythmError
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(3)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(seed=3)
 
 
 def test_saved_maps_match_dense(tiny):

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 pytest.importorskip("torch.distributed.fsdp")
+from tiny_llama import tiny_llama  # noqa: E402
 from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: E402
 
 from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput  # noqa: E402
@@ -30,21 +31,7 @@ WORLD = 2
 
 
 def _tiny_llama(seed: int = 0, tie: bool = False):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=tie,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(seed, tie_word_embeddings=tie, pad_token_id=0)
 
 
 def _traces(rank: int) -> list[TraceInput]:

@@ -27,8 +27,9 @@ TIMEOUT_S = 420
 
 def tiny_model(path: Path) -> Path:
     """A tiny random Llama with a word-level tokenizer (verl's model config loads both)."""
+    from tiny_llama import tiny_llama
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, **{f"w{i}": i for i in range(1, 97)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
@@ -36,20 +37,7 @@ def tiny_model(path: Path) -> Path:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", eos_token="w1", bos_token="w2"
     )
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
+    tiny_llama(0, pad_token_id=0, eos_token_id=1, bos_token_id=2).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
