@@ -83,6 +83,7 @@ def fused_case(draw):
         waad_window=draw(st.sampled_from([1, 3, 10, 100])),
         bands=[(lo, None) for lo in opens] + finite or [(0, None)],
         blocks=draw(st.booleans()),
+        prompt=draw(st.integers(0, 8)),  # unweighted rows at the start of each sequence
     )
 
 
@@ -99,7 +100,7 @@ def run_case(case, route):
     )
     weight = torch.rand(bsz, n, generator=gen)
     for b, (s, e) in enumerate(case["segments"]):
-        weight[b, :s] = 0
+        weight[b, : s + case["prompt"]] = 0
         weight[b, e:] = 0
     blocks = None
     if case["blocks"]:

@@ -320,6 +320,12 @@ def dense_reductions(query, key, mask, *, scaling, window, bands, row_weight, so
     for lo, hi in bands:
         inside = (gap >= lo) & ((gap <= hi) if hi is not None else torch.ones_like(gap, dtype=torch.bool))
         cols[(lo, hi)] = (probs * inside * row_weight.double()[:, None, :, None]).sum(-2)
+    # the contract of stats: columns before a sequence's first weighted row are 0
+    for b in range(q.shape[0]):
+        weighted = torch.nonzero(row_weight[b] > 0).flatten()
+        first = int(weighted[0]) if weighted.numel() else n
+        for values in cols.values():
+            values[b, :, :first] = 0.0
     return dist, waad, cols
 
 

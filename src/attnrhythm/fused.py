@@ -14,10 +14,13 @@ without a sliding window. Per sequence and per layer:
    ``lse``: WAAD, finite-horizon FAI columns and the near part of ``dist``.
 3. **Reverse pass.** Column sums to the end, ``C_lo[s] = sum_{t >= s + lo} w_t A[t, s]``, are the
    exponential of the log-sum-exp of one more fused call with keys as queries: the scores
-   ``k_s . q_t * scale + log w_t - lse_t``, the bias folded in as one extra head dimension
-   (query' = [k_s, 1], key' = [q_t, (log w_t - lse_t) / scale]), both sequences reversed so that
-   ``t >= s + lo`` is the kernel's top-left causal pattern once the first ``lo`` reversed
-   queries are dropped. Further open bands (lo' > lo) subtract a band strip.
+   ``k_s . q_t * scale + log w_t - lse_t`` (the per-key bias is the CPU kernel's broadcast mask;
+   on CUDA one extra head dimension: query' = [k_s, 1], key' = [q_t, (log w_t - lse_t) / scale]),
+   both sequences reversed so that ``t >= s + lo`` is the kernel's top-left causal pattern once
+   the first ``lo`` reversed queries are dropped. Only rows and columns from the sequence's first
+   weighted row on take part (columns before it are 0 by the contract of :mod:`stats`), so the
+   pass costs (response length)^2 / 2 scores, not N^2 / 2. Further open bands (lo' > lo)
+   subtract a band strip.
 
 A sliding-window layer whose window is shorter than the sequence needs no kernel at all for its
 statistics: every key a row sees is inside the band of width ``window``, so the band scan
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from .bands import scan_band
-from .stats import Band, LayerReductions
+from .stats import Band, LayerReductions, drop_leading_columns, leading_columns
 
 NO_WEIGHT = -1e30  # log-weight of rows with zero weight: exp() of it is exactly 0
 
@@ -170,32 +173,57 @@ def column_sums_to_end(
     row_weight: torch.Tensor,
     scale: float,
     lo: int,
+    first: int = 0,
 ) -> torch.Tensor:
     """``C_lo[s] = sum_{t >= s + lo} w_t A[t, s]`` for one causal sequence, by one reverse fused call.
 
     Args:
         query: (H, L, D) float32; key: (Hkv, L, D) float32; lse: (H, L) row log-sum-exp;
-        row_weight: (L,) non-negative weights; lo: the band's lower horizon (>= 0).
+        row_weight: (L,) non-negative weights; lo: the band's lower horizon (>= 0);
+        first: columns before it are not computed (0), and rows before it must carry no weight:
+            the reverse pass then visits the (L - first)^2 / 2 scores of rows and columns from
+            ``first`` on only.
     Returns (H, L) float32.
     """
-    n_heads, length, dim = query.shape
+    n_heads, length, _ = query.shape
     out = torch.zeros(n_heads, length, device=query.device)
-    span = length - lo
+    span = length - first - lo
     if span <= 0:
         return out
     group = n_heads // key.shape[0]
-    w = row_weight.float()
+    w = row_weight[first:].float()
     log_w = torch.where(w > 0, w.clamp_min(torch.finfo(torch.float32).tiny).log(), NO_WEIGHT)
-    bias = (log_w[None, :] - lse) / scale  # (H, L); times scale inside the kernel
+    bias = log_w[None, :] - lse[:, first:]  # (H, L - first): added to the scaled scores
     # reversed order: reversed query' index i <-> key s = L-1-i; reversed key' index j <-> row t = L-1-j
-    keys_rev = key.flip(1).repeat_interleave(group, dim=0)
-    ones = torch.ones(n_heads, length, 1, device=query.device)
-    q_prime = torch.cat([keys_rev, ones], -1)[:, lo:]
-    k_prime = torch.cat([query.flip(1), bias.flip(1)[..., None]], -1)[:, :span]
-    v_prime = torch.zeros(1, n_heads, span, dim + 1, device=query.device)  # only the lse is used
-    _, lse_rev = causal_attention_with_lse(q_prime[None], k_prime[None], v_prime, scale)
-    out[:, :span] = lse_rev[0].flip(-1).exp()
+    q_prime = key[:, first:].flip(1).repeat_interleave(group, dim=0)[:, lo:]
+    k_prime = query[:, first:].flip(1)[:, :span]
+    lse_rev = causal_lse_with_key_bias(q_prime, k_prime, bias.flip(1)[:, :span].contiguous(), scale)
+    out[:, first : first + span] = lse_rev.flip(-1).exp()
     return out
+
+
+def causal_lse_with_key_bias(
+    query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Row log-sum-exp of causal (top-left) scores ``q_i . k_j * scale + bias_j``: (H, M) float32.
+
+    query, key: (H, M, D) float32; bias: (H, M), one additive term per key. The CPU flash kernel
+    takes the bias as a broadcast mask (1, H, 1, M); the CUDA kernel gets it folded in as one
+    extra head dimension (query' = [q, 1], key' = [k, bias / scale]). The values are zeros: only
+    the log-sum-exp is used.
+    """
+    n_heads, length, dim = query.shape
+    if query.device.type == "cuda":
+        ones = query.new_ones(n_heads, length, 1)
+        q_aug = torch.cat([query, ones], -1)[None]
+        k_aug = torch.cat([key, (bias / scale)[..., None]], -1)[None]
+        _, lse = causal_attention_with_lse(q_aug, k_aug, torch.zeros_like(k_aug), scale)
+        return lse[0]
+    values = query.new_zeros(1, n_heads, length, dim)
+    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query[None], key[None], values, 0.0, True, attn_mask=bias[None, :, None, :], scale=scale
+    )
+    return lse[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +290,7 @@ def layer_reductions(
         span = blocks[b] if blocks else None
         if span is not None:
             kept[b] = _map_block(q, k, red["lse"], scale, layout.window, start, span)
+    drop_leading_columns(cols, weights)
     reductions = LayerReductions(dist=dist, waad=waad, cols=cols, blocks=kept if blocks else None)
     return reductions, output
 
@@ -332,7 +361,8 @@ def _sequence(
     waad = scan.capped + window * beyond
     cols = {band: scan.cols[band] for band in finite}
     if opens:
-        base = column_sums_to_end(q, k, lse, row_weight, scale, opens[0])
+        first = leading_columns(row_weight[None])[0]  # columns before the first weighted row stay 0
+        base = column_sums_to_end(q, k, lse, row_weight, scale, opens[0], first=first)
         cols[(opens[0], None)] = base
         for lo in opens[1:]:
             cols[(lo, None)] = base - scan.cols[(opens[0], lo - 1)] if lo > opens[0] else base

@@ -9,6 +9,11 @@ enough to keep, per head, a few length-N vectors:
 * ``cols[s]  = sum_t w[t] * A[t,s] * [lo <= t - s <= hi]``  (band-limited column reduction with
   row weights w; FAI and receiver-head scores before normalisation)
 
+Column reductions are kept for the columns at or after a sequence's first weighted row (the
+response, in an analysis) and are 0 before it: every consumer reads columns of weighted tokens
+only (FAI and receiver scores are defined on the response), and the fused route then never
+visits keys of the prompt in its reverse pass. :func:`leading_columns` gives that first row.
+
 ``tile_reductions`` computes them from the post-RoPE query and key of one layer, a tile of
 query rows at a time: the only quadratic object is one (B, H, tile, N) block of scores.
 """
@@ -30,6 +35,23 @@ class LayerReductions:
     waad: torch.Tensor
     cols: dict[Band, torch.Tensor]
     blocks: list[torch.Tensor | None] | None = None  # per sequence: (H, S, S) map block, if asked
+
+
+def leading_columns(row_weight: torch.Tensor) -> list[int]:
+    """Per sequence of ``row_weight`` (B, N): the first row with positive weight (N if none).
+
+    Column reductions are 0 before it (see the module docstring).
+    """
+    weighted = row_weight > 0
+    first = torch.where(weighted.any(-1), weighted.float().argmax(-1), row_weight.shape[-1])
+    return [int(x) for x in first.tolist()]
+
+
+def drop_leading_columns(cols: dict[Band, torch.Tensor], row_weight: torch.Tensor) -> None:
+    """Zero, in place, the columns of every (B, H, N) reduction before each sequence's first weighted row."""
+    for b, first in enumerate(leading_columns(row_weight)):
+        for values in cols.values():
+            values[b, :, :first] = 0.0
 
 
 def default_tile_size(batch: int, heads: int, length: int, budget_bytes: int = 16 * 2**20) -> int:
@@ -81,7 +103,7 @@ def tile_reductions(
         window: W of WAAD.
         bands: list of (lo, hi) horizons for column reductions; hi None means "to the end".
         row_weight: (B, N) weights of query rows in the column reductions (1 for response
-            tokens, 0 elsewhere).
+            tokens, 0 elsewhere); columns before a sequence's first weighted row are 0.
         tile_size: query rows per tile (default: a 16 MiB score block).
         softcap: tanh soft-capping of scores (Gemma-2 style), if the model uses it.
         blocks: optional per-sequence (start, end) ranges in padded coordinates: the square
@@ -166,6 +188,7 @@ def tile_reductions(
                 kept[b][:, lo_row - a : hi_row - a, : key_end - a] = probs[
                     b, :, lo_row - t0 : hi_row - t0, a:key_end
                 ]
+    drop_leading_columns(cols, w_all)
     return LayerReductions(dist=dist, waad=waad, cols=cols, blocks=kept if blocks else None)
 
 
