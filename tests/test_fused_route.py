@@ -120,6 +120,20 @@ def run_case(case, route):
     return q, k, v, mask, weight, capture, out
 
 
+def dense_case(case, q, k, mask, weight):
+    """The float64 reference of a drawn case: (dist, waad, cols)."""
+    return ref.dense_reductions(
+        q.float(),
+        k.float(),
+        mask,
+        scaling=case["scaling"],
+        window=case["waad_window"],
+        bands=case["bands"],
+        row_weight=weight,
+        softcap=None,
+    )
+
+
 def live_rows(segments, n):
     rows = torch.zeros(len(segments), n, dtype=torch.bool)
     for b, (s, e) in enumerate(segments):
@@ -135,16 +149,7 @@ def test_fused_route_matches_float64_softmax_and_the_tile_route(case):
     if case["window"] is not None and any(e - s > case["window"] for s, e in case["segments"]):
         assert capture.routes[0] == "band"
     got = capture.results[0]
-    dist, waad, cols = ref.dense_reductions(
-        q,
-        k,
-        mask,
-        scaling=case["scaling"],
-        window=case["waad_window"],
-        bands=case["bands"],
-        row_weight=weight,
-        softcap=None,
-    )
+    dist, waad, cols = dense_case(case, q, k, mask, weight)
     live = live_rows(case["segments"], case["n"])
     torch.testing.assert_close(got.dist.double() * live, dist * live, **TOL)
     torch.testing.assert_close(got.waad.double() * live, waad * live, **TOL)
@@ -328,3 +333,105 @@ def test_logits_with_padding_at_both_ends(arch):
         torch.testing.assert_close(a.waad * live, b.waad * live, **TOL)
         for band in a.cols:
             torch.testing.assert_close(a.cols[band], b.cols[band], **TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# the distance from column sums, and kernels in bf16/fp16
+
+
+def _dense_span(dist, weight):
+    return (dist * weight.double()[:, None, :]).sum(-1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=fused_case())
+def test_distance_from_columns_matches_float64(case):
+    """``distance="columns"`` (the bf16/fp16 route's formula sum_t w_t t - sum_s s C_0[s]), run in
+    float32, gives the span, WAAD and every band of a float64 softmax within 1e-5."""
+    q, k, v, mask, weight, capture, _ = run_case(case, "auto")
+    layout = fused.detect_layout(mask, case["bsz"], case["n"])
+    got, out = fused.layer_reductions(
+        q,
+        k,
+        v,
+        layout,
+        scaling=case["scaling"],
+        window=case["waad_window"],
+        bands=case["bands"],
+        row_weight=weight,
+        distance="columns",
+    )
+    dist, waad, cols = dense_case(case, q, k, mask, weight)
+    live = live_rows(case["segments"], case["n"])
+    torch.testing.assert_close(got.span, _dense_span(dist * live, weight), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got.waad.double() * live, waad * live, **TOL)
+    for band in case["bands"]:
+        torch.testing.assert_close(got.cols[band].double(), cols[band], **TOL)
+    window = case["window"]
+    banded = window is not None and all(e - s > window for s, e in case["segments"])
+    assert (got.dist is None) == (not banded)  # per-row distances only where the band holds every key
+    # the route's own span (per-row distances) agrees
+    torch.testing.assert_close(capture.results[0].span, got.span, rtol=1e-5, atol=1e-4)
+
+
+def test_fold_key_bias_recovers_the_bias():
+    """CUDA's reverse pass folds the per-key bias into the head dimension: in bf16/fp16 three parts
+    whose float32 sum is the bias; in float32 the folded call equals the CPU mask call."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(3, 20, 8, generator=gen)
+    k = torch.randn(3, 20, 8, generator=gen)
+    bias = torch.randn(3, 20, generator=gen) * 30 - 12
+    bias[:, 5] = fused.NO_WEIGHT
+    for dtype in (torch.bfloat16, torch.float16):
+        q_aug, k_aug = fused.fold_key_bias(q.to(dtype), k.to(dtype), bias, 0.35)
+        assert q_aug.shape == (3, 20, 11) and k_aug.dtype == dtype and torch.all(q_aug[..., 8:] == 1)
+        parts = k_aug[..., 8:].float()
+        live = torch.ones(20, dtype=torch.bool)
+        live[5] = False
+        recovered = parts.sum(-1) * 0.35
+        torch.testing.assert_close(recovered[:, live], bias[:, live], rtol=2e-7, atol=2e-6)
+        assert torch.all(recovered[:, 5] < -1e3)  # a zero-weight row stays at exp() = 0
+    q_aug, k_aug = fused.fold_key_bias(q, k, bias, 0.35)
+    folded = fused.causal_attention_with_lse(q_aug[None], k_aug[None], torch.zeros_like(k_aug)[None], 0.35)[
+        1
+    ][0]
+    torch.testing.assert_close(folded, fused.causal_lse_with_key_bias(q, k, bias, 0.35), **TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_kernels(dtype):
+    """A bf16/fp16 layer: the fused calls run in that dtype; the output is SDPA's, the statistics
+    match a float64 softmax of the same (rounded) q and k within the CPU kernel's precision."""
+    case = {"bsz": 3, "n": 48, "segments": [(0, 48), (5, 48), (2, 40)], "window": None, "as_float": False}
+    case |= {"n_kv": 2, "group": 3, "dim": 8, "seed": 11, "amplitude": 1.0, "scaling": None}
+    case |= {"waad_window": 10, "bands": [(4, None), (10, 50), (0, None)], "blocks": True, "prompt": 6}
+    q, k, v, mask, weight, _, _ = run_case(case, "auto")
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    blocks = [(s, min(e, s + 6)) for s, e in case["segments"]]
+    capture = cap.Capture(layers=[0], window=10, bands=case["bands"], row_weight=weight, blocks=blocks)
+    module = FakeAttention(0, 3)
+    with cap.capturing(capture), torch.no_grad():
+        out, _ = cap.attnrhythm_attention_forward(module, q, k, v, mask)
+    assert capture.routes == {0: "fused"} and out.dtype == dtype
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), attn_mask=mask
+    ).transpose(1, 2)
+    torch.testing.assert_close(out.float(), expected.float(), rtol=1e-2, atol=1e-2)
+    got = capture.results[0]
+    assert got.dist is None
+    dist, waad, cols = dense_case(case, q, k, mask, weight)
+    live = live_rows(case["segments"], case["n"])
+    # the CPU kernels in bf16/fp16 give each row's log-sum-exp to ~1e-4: tolerances follow
+    low = {"rtol": 1e-3, "atol": 1e-3}
+    torch.testing.assert_close(got.waad.double() * live, waad * live, **low)
+    for band in case["bands"]:
+        torch.testing.assert_close(got.cols[band].double(), cols[band], **low)
+    rows = weight.sum(-1).double()[:, None]
+    torch.testing.assert_close(got.span / rows, _dense_span(dist * live, weight) / rows, rtol=1e-3, atol=2e-2)
+    tiled = cap.Capture(
+        layers=[0], window=10, bands=case["bands"], row_weight=weight, route="tile", blocks=blocks
+    )
+    with cap.capturing(tiled), torch.no_grad():
+        cap.attnrhythm_attention_forward(module, q, k, v, mask)
+    for mine, theirs in zip(got.blocks, tiled.results[0].blocks, strict=True):
+        torch.testing.assert_close(mine, theirs, **low)

@@ -132,7 +132,9 @@ def test_parse_horizon_bad_range(spec):
 
 def test_head_distance_is_the_mean_over_response_rows():
     rows = t64([[[1, 2, 3], [0, 0, 3]], [[4, 4, 4], [1, 1, 1]]])  # (L=2, H=2, n=3)
-    assert head_distance(rows).tolist() == [[2.0, 1.0], [4.0, 1.0]]
+    assert head_distance(rows.sum(-1), 3).tolist() == [[2.0, 1.0], [4.0, 1.0]]
+    with pytest.raises(AttnRhythmError, match="at least one response token"):
+        head_distance(rows.sum(-1), 0)
 
 
 def test_classify_heads_by_hand():

@@ -401,12 +401,12 @@ class Analyzer:
         cfg = self.config
         horizon = cfg.fai_horizon
         r1 = r0 + len(trace.input_ids) - trace.response_start  # the response rows [r0, r1) of row b
-        dist_rows = torch.stack([capture.results[layer].dist[b, :, r0:r1] for layer in self.layers]).cpu()
+        span = torch.stack([capture.results[layer].span[b] for layer in self.layers]).cpu()
         waad_rows = torch.stack([capture.results[layer].waad[b, :, r0:r1] for layer in self.layers]).cpu()
         col_rows = torch.stack(
             [capture.results[layer].cols[horizon][b, :, r0:r1] for layer in self.layers]
         ).cpu()
-        distance = head_distance(dist_rows)
+        distance = head_distance(span, r1 - r0)
         receivers: list[tuple[int, int]] = []
         fai_receiver = None
         if cfg.receiver_count != 0:

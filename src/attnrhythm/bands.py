@@ -58,8 +58,9 @@ def scan_band(
     """Scan the band 0 <= t - s < width of one causal sequence.
 
     Args:
-        query: (H, L, D) float32 post-RoPE queries of one sequence (no padding inside).
-        key: (Hkv, L, D) float32 keys; H a multiple of Hkv.
+        query: (H, L, D) post-RoPE queries of one sequence (no padding inside), any float dtype:
+            the scores are computed in float32.
+        key: (Hkv, L, D) keys; H a multiple of Hkv.
         scale: softmax scale.
         width: band width (1 <= width <= L); keys further back than width - 1 are not visited.
         window: W of WAAD (for ``capped``).
@@ -75,8 +76,8 @@ def scan_band(
     group = n_heads // n_kv
     device = query.device
     rows = rows_per_block or band_rows(n_heads, width)
-    pad = torch.zeros(n_kv, width - 1, dim, device=device, dtype=key.dtype)
-    keys = torch.cat([pad, key], 1)  # index m <-> key s = m - (width - 1)
+    pad = torch.zeros(n_kv, width - 1, dim, device=device)
+    keys = torch.cat([pad, key.float()], 1)  # index m <-> key s = m - (width - 1)
     weight = row_weight.float()
     out_lse = lse if lse is not None else torch.empty(n_heads, length, device=device)
     sums = torch.empty(n_heads, length, 3, device=device)  # mass, moment, capped
@@ -92,7 +93,7 @@ def scan_band(
         t1 = min(length, t0 + rows)
         r = t1 - t0
         span = r + width - 1
-        q = query[:, t0:t1].reshape(n_kv, group * r, dim)
+        q = query[:, t0:t1].float().reshape(n_kv, group * r, dim)
         block = torch.matmul(q, keys[:, t0 : t0 + span].transpose(1, 2)).view(n_heads, r, span)
         # band[h, i, c] = block[h, i, i + c]: row t = t0 + i, key s = t0 + i - (width - 1) + c
         band = block.as_strided((n_heads, r, width), (r * span, span + 1, 1)) * scale

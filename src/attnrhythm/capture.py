@@ -120,7 +120,7 @@ class Capture:
         banded = layout.window is not None and any(e - s > layout.window for s, e in layout.segments)
         self.routes[layer] = "band" if banded else "fused"
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-        own_output = not banded and not needs_grad and query.dtype == torch.float32
+        own_output = not banded and not needs_grad and query.dtype in fused.OWN_OUTPUT_DTYPES
         with torch.no_grad():
             reductions, output = fused.layer_reductions(
                 query,

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from .bands import scan_band
-from .stats import Band, LayerReductions, drop_leading_columns, leading_columns
+from .stats import Band, LayerReductions, drop_leading_columns, leading_columns, weighted_span
 
 NO_WEIGHT = -1e30  # log-weight of rows with zero weight: exp() of it is exactly 0
 
@@ -207,23 +207,47 @@ def causal_lse_with_key_bias(
 ) -> torch.Tensor:
     """Row log-sum-exp of causal (top-left) scores ``q_i . k_j * scale + bias_j``: (H, M) float32.
 
-    query, key: (H, M, D) float32; bias: (H, M), one additive term per key. The CPU flash kernel
-    takes the bias as a broadcast mask (1, H, 1, M); the CUDA kernel gets it folded in as one
-    extra head dimension (query' = [q, 1], key' = [k, bias / scale]). The values are zeros: only
-    the log-sum-exp is used.
+    query, key: (H, M, D) in the kernel's dtype; bias: (H, M) float32, one additive term per key.
+    The CPU flash kernel takes the bias as a float32 broadcast mask (1, H, 1, M); on CUDA it is
+    folded into the head dimension (:func:`fold_key_bias`). The values are zeros: only the
+    log-sum-exp is used.
     """
     n_heads, length, dim = query.shape
     if query.device.type == "cuda":
-        ones = query.new_ones(n_heads, length, 1)
-        q_aug = torch.cat([query, ones], -1)[None]
-        k_aug = torch.cat([key, (bias / scale)[..., None]], -1)[None]
-        _, lse = causal_attention_with_lse(q_aug, k_aug, torch.zeros_like(k_aug), scale)
+        q_aug, k_aug = fold_key_bias(query, key, bias, scale)
+        _, lse = causal_attention_with_lse(q_aug[None], k_aug[None], torch.zeros_like(k_aug)[None], scale)
         return lse[0]
     values = query.new_zeros(1, n_heads, length, dim)
     _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        query[None], key[None], values, 0.0, True, attn_mask=bias[None, :, None, :], scale=scale
+        query[None], key[None], values, 0.0, True, attn_mask=bias.float()[None, :, None, :], scale=scale
     )
     return lse[0]
+
+
+def fold_key_bias(
+    query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """query' = [q, 1, ...], key' = [k, parts of bias / scale]: ``q' . k' * scale = q . k * scale + bias``.
+
+    In float32 one extra dimension holds ``bias / scale``. In bf16/fp16 the float32 value is split
+    into three parts of that dtype (each the rounding of what the previous ones left), so a kernel
+    that accumulates ``q' . k'`` in float32 (tensor cores do) recovers the bias to float32
+    precision; one part would keep only 8 (bf16) or 11 (fp16) bits of ``lse_t``.
+    """
+    target = bias.float() / scale
+    if query.dtype == torch.float32:
+        parts = [target]
+    else:
+        parts, rest = [], target.clamp_min(-torch.finfo(query.dtype).max / 4)  # fp16: no -inf parts
+        for _ in range(3):
+            part = rest.to(query.dtype)
+            parts.append(part)
+            rest = rest - part.float()
+    n_heads, length, _ = query.shape
+    ones = query.new_ones(n_heads, length, len(parts))
+    q_aug = torch.cat([query, ones], -1)
+    k_aug = torch.cat([key, torch.stack([part.to(key.dtype) for part in parts], -1)], -1)
+    return q_aug, k_aug
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +268,10 @@ def band_width(length: int, window: int, bands: list[Band], sliding: int | None)
     return int(max(1, min(length, need)))
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+OWN_OUTPUT_DTYPES = (torch.float32, *LOW_PRECISION)  # the fused call gives the layer's output
+
+
 def layer_reductions(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -255,16 +283,32 @@ def layer_reductions(
     bands: list[Band],
     row_weight: torch.Tensor,
     blocks: list[tuple[int, int] | None] | None = None,
+    distance: str = "auto",
 ) -> tuple[LayerReductions, torch.Tensor | None]:
     """Reductions of one layer on the fused (or band) route, and the layer output if asked.
 
-    ``value`` given (float32 model): the output (B, N, H, D) comes from the same fused calls,
-    padding rows excepted (the caller fills them). ``value`` None: statistics only.
+    The kernels run in the model's dtype: float32, or bf16/fp16 (the kernels accumulate in
+    float32 and return a float32 log-sum-exp; the band scan computes its scores in float32).
+    ``value`` given: the output (B, N, H, D) in the model's dtype comes from the same fused
+    calls, padding rows excepted (the caller fills them). ``value`` None: statistics only.
+
+    ``distance`` says where ``sum_s A[t,s] (t - s)`` comes from: ``"rows"`` (an extra value
+    column of the forward call, per row: needs float32 outputs), ``"columns"`` (only the
+    weighted total, ``sum_t w_t t - sum_s s C_0[s]`` from a reverse pass over every column: a
+    bf16 output column would keep 8 bits of a position) or ``"auto"`` (rows in float32, columns
+    in bf16/fp16).
     """
     bsz, n_heads, length, dim = query.shape
     scale = float(scaling) if scaling is not None else dim**-0.5
     device = query.device
+    low = query.dtype in LOW_PRECISION
+    if distance == "auto":
+        distance = "columns" if low else "rows"
+    if distance not in ("rows", "columns") or (low and distance == "rows"):
+        raise ValueError(f"distance {distance!r}: use 'columns' or 'auto' ('rows' needs float32)")
+    kernel_dtype = query.dtype if low else torch.float32
     dist = torch.zeros(bsz, n_heads, length, device=device)
+    span = torch.zeros(bsz, n_heads, dtype=torch.float64, device=device)
     waad = torch.zeros(bsz, n_heads, length, device=device)
     cols = {band: torch.zeros(bsz, n_heads, length, device=device) for band in bands}
     kept: list[torch.Tensor | None] = [None] * bsz
@@ -272,26 +316,41 @@ def layer_reductions(
     if value is not None:
         output = torch.zeros(bsz, length, n_heads, value.shape[-1], device=device, dtype=value.dtype)
     weights = row_weight.detach().float().to(device)
+    rows_known = True
     for b, (start, end) in enumerate(layout.segments):
         if end <= start:
             continue
-        q = query[b, :, start:end].detach().float().contiguous()
-        k = key[b, :, start:end].detach().float().contiguous()
+        q = query[b, :, start:end].detach().to(kernel_dtype).contiguous()
+        k = key[b, :, start:end].detach().to(kernel_dtype).contiguous()
         v = None if value is None else value[b, :, start:end].detach()
         red, out = _sequence(
-            q, k, v, layout.window, scale=scale, window=window, bands=bands, row_weight=weights[b, start:end]
+            q,
+            k,
+            v,
+            layout.window,
+            scale=scale,
+            window=window,
+            bands=bands,
+            row_weight=weights[b, start:end],
+            distance=distance,
         )
-        dist[b, :, start:end] = red["dist"]
+        if red["dist"] is None:
+            rows_known = False
+        else:
+            dist[b, :, start:end] = red["dist"]
+        span[b] = red["span"]
         waad[b, :, start:end] = red["waad"]
         for band in bands:
             cols[band][b, :, start:end] = red["cols"][band]
         if out is not None:
             output[b, start:end] = out.transpose(0, 1)
-        span = blocks[b] if blocks else None
-        if span is not None:
-            kept[b] = _map_block(q, k, red["lse"], scale, layout.window, start, span)
+        square = blocks[b] if blocks else None
+        if square is not None:
+            kept[b] = _map_block(q, k, red["lse"], scale, layout.window, start, square)
     drop_leading_columns(cols, weights)
-    reductions = LayerReductions(dist=dist, waad=waad, cols=cols, blocks=kept if blocks else None)
+    reductions = LayerReductions(
+        dist=dist if rows_known else None, waad=waad, cols=cols, span=span, blocks=kept if blocks else None
+    )
     return reductions, output
 
 
@@ -305,8 +364,9 @@ def _sequence(
     window: int,
     bands: list[Band],
     row_weight: torch.Tensor,
+    distance: str,
 ) -> tuple[dict, torch.Tensor | None]:
-    """Reductions of one sequence's live tokens; q (H, L, D), k/v (Hkv, L, D) float32."""
+    """Reductions of one sequence's live tokens; q (H, L, D), k/v (Hkv, L, D) in the kernel's dtype."""
     n_heads, length, dim = q.shape
     positions = torch.arange(length, device=q.device, dtype=torch.float32)
     banded = sliding is not None and sliding < length
@@ -332,41 +392,56 @@ def _sequence(
         cols = {band: scan.cols[band] for band in finite}
         for lo in opens:
             cols[(lo, None)] = scan.cols[(lo, width - 1)] if lo < width else torch.zeros_like(dist)
-        return {"dist": dist, "waad": waad, "cols": cols, "lse": scan.lse}, None
+        span = weighted_span(dist[None], row_weight[None])[0]
+        return {"dist": dist, "span": span, "waad": waad, "cols": cols, "lse": scan.lse}, None
 
-    # one fused call: output (if v is given), lse and sum_s A[t,s] s from an extra value column
-    zero_q = q.new_zeros(n_heads, length, 1)
-    pos_col = positions[None, :, None].expand(k.shape[0], length, 1)
-    if v is not None:
-        q_aug = torch.cat([q.to(v.dtype), zero_q.to(v.dtype)], -1)
-        k_aug = torch.cat([k.to(v.dtype), zero_q[: k.shape[0]].to(v.dtype)], -1)
-        v_aug = torch.cat([v, pos_col.to(v.dtype)], -1)
-        res, lse = causal_attention_with_lse(q_aug[None], k_aug[None], v_aug[None], scale)
-        out = res[0, ..., :dim]
-        mean_pos = res[0, ..., dim].float()
+    by_rows = distance == "rows"
+    if by_rows:
+        # one fused call: output (if v is given), lse and sum_s A[t,s] s from an extra value column
+        zero_q = q.new_zeros(n_heads, length, 1)
+        pos_col = positions[None, :, None].expand(k.shape[0], length, 1).to(q.dtype)
+        if v is not None:
+            q_aug = torch.cat([q.to(v.dtype), zero_q.to(v.dtype)], -1)
+            k_aug = torch.cat([k.to(v.dtype), zero_q[: k.shape[0]].to(v.dtype)], -1)
+            v_aug = torch.cat([v, pos_col.to(v.dtype)], -1)
+            res, lse = causal_attention_with_lse(q_aug[None], k_aug[None], v_aug[None], scale)
+            out = res[0, ..., :dim]
+            mean_pos = res[0, ..., dim].float()
+        else:
+            v_pos = torch.cat([pos_col, k.new_zeros(k.shape[0], length, dim - 1)], -1)
+            res, lse = causal_attention_with_lse(q[None], k[None], v_pos[None], scale)
+            mean_pos = res[0, ..., 0].float()
     else:
-        v_pos = torch.cat([pos_col, k.new_zeros(k.shape[0], length, dim - 1)], -1)
-        res, lse = causal_attention_with_lse(q[None], k[None], v_pos[None], scale)
-        mean_pos = res[0, ..., 0].float()
+        # one fused call for the output and lse; the distance comes from the column sums below
+        values = k if v is None else v.to(q.dtype)  # without v only the lse is used
+        res, lse = causal_attention_with_lse(q[None], k[None], values[None], scale)
+        out = None if v is None else res[0].to(v.dtype)
     lse = lse[0].float()
-    strips = []
-    if opens:
-        strips = [(opens[0], lo - 1) for lo in opens[1:] if lo - 1 >= opens[0]]
+    # open bands come from one reverse pass from ``base`` on, minus band strips [base, lo - 1]
+    base = (opens[0] if opens else None) if by_rows else 0
+    strips = [] if base is None else [(base, lo - 1) for lo in opens if lo - 1 >= base]
+    strips = [band for band in strips if band not in finite]
     scan = scan_band(
         q, k, scale=scale, width=width, window=window, row_weight=row_weight, bands=finite + strips, lse=lse
     )
     inside = positions < width  # rows whose every key lies in the band
     beyond = torch.where(inside, 0.0, (1.0 - scan.mass).clamp_min(0.0))  # mass further back than the band
-    dist = torch.where(inside, scan.moment, positions - mean_pos)
     waad = scan.capped + window * beyond
     cols = {band: scan.cols[band] for band in finite}
-    if opens:
-        first = leading_columns(row_weight[None])[0]  # columns before the first weighted row stay 0
-        base = column_sums_to_end(q, k, lse, row_weight, scale, opens[0], first=first)
-        cols[(opens[0], None)] = base
-        for lo in opens[1:]:
-            cols[(lo, None)] = base - scan.cols[(opens[0], lo - 1)] if lo > opens[0] else base
-    return {"dist": dist, "waad": waad, "cols": cols, "lse": lse}, out
+    dist = None
+    if base is not None:
+        # columns before the first weighted row stay 0, unless the distance needs all of them
+        first = leading_columns(row_weight[None])[0] if by_rows else 0
+        sums = column_sums_to_end(q, k, lse, row_weight, scale, base, first=first)
+        for lo in opens:
+            cols[(lo, None)] = sums - scan.cols[(base, lo - 1)] if lo > base else sums
+    if by_rows:
+        dist = torch.where(inside, scan.moment, positions - mean_pos)
+        span = weighted_span(dist[None], row_weight[None])[0]
+    else:
+        # sum_t w_t sum_s A[t,s] (t - s) = sum_t w_t t - sum_s s C_0[s]  (float64 sums)
+        span = (row_weight.double() * positions.double()).sum() - sums.double() @ positions.double()
+    return {"dist": dist, "span": span, "waad": waad, "cols": cols, "lse": lse}, out
 
 
 def _map_block(
@@ -387,8 +462,8 @@ def _map_block(
     lo, hi = max(a, start) - start, min(e, start + q.shape[1]) - start
     if hi <= lo:
         return block
-    kk = k[:, lo:hi].repeat_interleave(group, dim=0)
-    scores = torch.matmul(q[:, lo:hi], kk.transpose(1, 2)) * scale
+    kk = k[:, lo:hi].float().repeat_interleave(group, dim=0)
+    scores = torch.matmul(q[:, lo:hi].float(), kk.transpose(1, 2)) * scale
     idx = torch.arange(hi - lo, device=q.device)
     allowed = idx[None, :] <= idx[:, None]
     if sliding is not None:

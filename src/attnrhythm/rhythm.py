@@ -92,9 +92,14 @@ class HeadClasses:
     global_: list[tuple[int, int]]
 
 
-def head_distance(dist_rows: torch.Tensor) -> torch.Tensor:
-    """d[l,h]: mean over response rows of sum_s A[t,s](t-s). ``dist_rows`` is (L, H, n)."""
-    return dist_rows.double().mean(-1)
+def head_distance(span: torch.Tensor, rows: int) -> torch.Tensor:
+    """d[l,h]: mean over the ``rows`` response rows of sum_s A[t,s](t-s).
+
+    ``span`` (L, H) is that sum over the response rows (:attr:`stats.LayerReductions.span`).
+    """
+    if rows < 1:
+        raise AttnRhythmError("the head span needs at least one response token")
+    return span.double() / rows
 
 
 def classify_heads(distance: torch.Tensor, quantile: float = 0.3) -> HeadClasses:

@@ -29,12 +29,28 @@ Band = tuple[int, "int | None"]
 
 @dataclass
 class LayerReductions:
-    """Reductions of one layer, each (B, H, N) in float32, in padded coordinates."""
+    """Reductions of one layer, in padded coordinates.
 
-    dist: torch.Tensor
+    Attributes:
+        dist: (B, H, N) float32 ``dist[t]`` per row, or None where only its total is known (the
+            fused route with kernels in bf16/fp16).
+        waad: (B, H, N) float32.
+        cols: band -> (B, H, N) float32.
+        span: (B, H) float64 ``sum_t w[t] dist[t]``, the row-weighted total of ``dist`` (with w = 1
+            on the response: the head's span d[l,h] times the response length).
+        blocks: per sequence, the (H, S, S) map block, if asked.
+    """
+
+    dist: torch.Tensor | None
     waad: torch.Tensor
     cols: dict[Band, torch.Tensor]
-    blocks: list[torch.Tensor | None] | None = None  # per sequence: (H, S, S) map block, if asked
+    span: torch.Tensor
+    blocks: list[torch.Tensor | None] | None = None
+
+
+def weighted_span(dist: torch.Tensor, row_weight: torch.Tensor) -> torch.Tensor:
+    """``sum_t w[t] dist[t]`` in float64: (B, H) from dist (B, H, N) and row weights (B, N)."""
+    return (dist.double() * row_weight.double().to(dist.device)[:, None, :]).sum(-1)
 
 
 def leading_columns(row_weight: torch.Tensor) -> list[int]:
@@ -189,7 +205,9 @@ def tile_reductions(
                     b, :, lo_row - t0 : hi_row - t0, a:key_end
                 ]
     drop_leading_columns(cols, w_all)
-    return LayerReductions(dist=dist, waad=waad, cols=cols, blocks=kept if blocks else None)
+    return LayerReductions(
+        dist=dist, waad=waad, cols=cols, span=weighted_span(dist, w_all), blocks=kept if blocks else None
+    )
 
 
 def _band_columns(probs: torch.Tensor, w: torch.Tensor, t0: int, t1: int, band: Band) -> torch.Tensor:
