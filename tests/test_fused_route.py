@@ -435,3 +435,37 @@ def test_low_precision_kernels(dtype):
         cap.attnrhythm_attention_forward(module, q, k, v, mask)
     for mine, theirs in zip(got.blocks, tiled.results[0].blocks, strict=True):
         torch.testing.assert_close(mine, theirs, **low)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_bf16_model_analysis_fused_equals_tile(arch, monkeypatch):
+    """A bf16 model analysed end to end: the fused route (bf16 kernels, span from column sums)
+    gives the tile route's spans, WAAD, FAI and receiver FAI (both score the same bf16 q and k)."""
+    import copy
+
+    from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput
+
+    seen = []
+    plain = fused.layer_reductions
+
+    def spy(query, *args, **kwargs):
+        reductions, output = plain(query, *args, **kwargs)
+        seen.append((query.dtype, reductions.dist is None, output is not None))
+        return reductions, output
+
+    monkeypatch.setattr(fused, "layer_reductions", spy)
+    model = copy.deepcopy(ref.tiny_model(arch)).to(torch.bfloat16)
+    trace = TraceInput(ref._random_ids(70, 5), 12)
+    results = {}
+    for route in ("auto", "tile"):
+        analyzer = Analyzer(model, AnalysisConfig(layers="all", route=route, receiver_count=2))
+        results[route] = analyzer.analyze([trace])[0]
+    fast, tile = results["auto"], results["tile"]
+    layers = model.config.num_hidden_layers
+    assert seen == [(torch.bfloat16, True, True)] * layers  # bf16 kernels, own output, span by columns
+    low = {"rtol": 2e-3, "atol": 2e-3}
+    torch.testing.assert_close(fast.distance, tile.distance, **low)
+    torch.testing.assert_close(fast.waad, tile.waad, **low)
+    torch.testing.assert_close(fast.fai, tile.fai, equal_nan=True, **low)
+    assert fast.receivers == tile.receivers
+    torch.testing.assert_close(fast.fai_receiver, tile.fai_receiver, equal_nan=True, **low)

@@ -27,8 +27,16 @@ statistics: every key a row sees is inside the band of width ``window``, so the 
 computes the log-sum-exp itself (``route = "band"``); its output comes from SDPA as usual.
 
 Rows outside a sequence's live tokens (padding) get zero statistics and add nothing to the
-column sums. Models in another dtype than float32 (bf16 on a GPU) keep SDPA's output and run
-the statistics calls in float32.
+column sums.
+
+**dtype.** The kernels run in the model's dtype. A bf16/fp16 model (the usual GPU case) gets its
+output and float32 log-sum-exp from a kernel in that dtype (the kernels accumulate scores in
+float32); the band scan computes its scores in float32 from the same q and k. A bf16 output
+column would hold a position to 8 bits, so the head span comes from the column sums instead:
+``sum_t w_t dist_t = sum_t w_t t - sum_s s C_0[s]``, with the reverse pass over every column
+(``LayerReductions.dist`` is then None and ``span`` carries the total). Its error grows like
+(float32 error of the log-sum-exp) x N: about 0.03 tokens at N = 32K for a kernel that keeps
+scores in float32.
 """
 
 from __future__ import annotations
