@@ -15,13 +15,16 @@ Routes, all on one sequence of random token ids (fixed seed), batch 1, fp32, CPU
 Models: ``embedded`` (SmolLM2-135M-Instruct) for ``--ns``, and ``random``, the same LlamaConfig with
 ``max_position_embeddings`` raised to cover the largest N, randomly initialised, for ``--big-ns``.
 
-Every (route, model, N) runs in a fresh subprocess (``--one ROUTE MODEL N``) so that its peak RSS
-is its own. The child loads the model, warms the route up on a short input, records VmRSS (the
-baseline), resets the kernel's peak-RSS counter (``/proc/self/clear_refs``; on CUDA the peak is
-``torch.cuda.max_memory_allocated`` instead), runs the route
-``--repeat`` times (best time kept) and reports wall time, process CPU time (all threads; it moves
-less than wall time when other processes share the CPU), peak RSS (VmHWM) and peak - baseline
-("extra") as one JSON line. The driver prints one table row per (model, N) and, with ``--json``,
+Every run is a fresh subprocess (``--one ROUTE MODEL N``) so that its peak RSS is its own. The
+child loads the model, warms the route up on a short input, records VmRSS (the baseline), resets
+the kernel's peak-RSS counter (``/proc/self/clear_refs``; on CUDA the peak is
+``torch.cuda.max_memory_allocated`` instead), runs the route and reports wall time, process CPU
+time (all threads; it moves less than wall time when other processes share the CPU), peak RSS
+(VmHWM) and peak - baseline ("extra") as one JSON line. By default the ``--repeat`` runs of the
+routes are interleaved, one child per run (a, b, a, b, a, b), so that a slow spell of a shared
+machine (on this project's 2-core box the same forward drifts by up to 20% within minutes) hits
+every route alike; ``--no-interleave`` runs one child per route with all its repeats. Best time
+kept, highest peak kept. The driver prints one table row per (model, N) and, with ``--json``,
 writes the rows to a file.
 
 Usage (from the repository root, with the package installed)::
@@ -283,6 +286,43 @@ def run_child(
     return {"status": "error", "wall_s": wall, "returncode": proc.returncode, "detail": detail}
 
 
+def merge_runs(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record from several children of one (route, model, N): best times, highest peak."""
+    failed = [rec for rec in records if rec.get("status") != "ok"]
+    if failed:
+        return failed[0]
+    merged = dict(records[0])
+    times = [t for rec in records for t in rec["times_s"]]
+    cpus = [t for rec in records for t in rec["cpus_s"]]
+    merged.update(
+        time_s=min(times),
+        times_s=times,
+        cpu_s=min(cpus),
+        cpus_s=cpus,
+        repeat=len(times),
+        peak_bytes=max(rec["peak_bytes"] for rec in records),
+        extra_bytes=max(rec["extra_bytes"] for rec in records),
+        wall_s=round(sum(rec.get("wall_s", 0.0) for rec in records), 1),
+    )
+    return merged
+
+
+def _report(model_name: str, n: int, route: str, rec: dict[str, Any]) -> None:
+    if rec["status"] == "ok":
+        msg = (
+            f"{rec['time_s']:.2f} s (runs {rec['times_s']}, cpu {rec['cpus_s']}), "
+            f"peak {rec['peak_bytes'] / GIB:.2f} GiB, "
+            f"extra {rec['extra_bytes'] / MIB:.0f} MiB"
+        )
+    else:
+        msg = f"{rec['status']} {rec.get('detail', '')}".strip()
+    print(
+        f"  {model_name:8s} N={n:6d} {route:8s} {msg}  [wall {rec.get('wall_s', 0):.0f} s]",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _cell_time(rec: dict[str, Any] | None) -> str:
     if rec is None:
         return "-"
@@ -457,6 +497,7 @@ def driver_main(args: argparse.Namespace) -> int:
     for model_name, n in plan:
         by_route = results.setdefault((model_name, n), {})
         repeat = args.repeat or default_repeat(n)
+        active = []
         for route in routes:
             if route == "eager" and eager_estimate_bytes(n) > limit:
                 need = eager_estimate_bytes(n)
@@ -466,22 +507,19 @@ def driver_main(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                continue
-            rec = run_child(route, model_name, n, repeat, args.timeout, args.device, args.dtype)
-            by_route[route] = rec
-            if rec["status"] == "ok":
-                msg = (
-                    f"{rec['time_s']:.2f} s (runs {rec['times_s']}, cpu {rec['cpus_s']}), "
-                    f"peak {rec['peak_bytes'] / GIB:.2f} GiB, "
-                    f"extra {rec['extra_bytes'] / MIB:.0f} MiB"
-                )
             else:
-                msg = f"{rec['status']} {rec.get('detail', '')}".strip()
-            print(
-                f"  {model_name:8s} N={n:6d} {route:8s} {msg}  [wall {rec.get('wall_s', 0):.0f} s]",
-                file=sys.stderr,
-                flush=True,
-            )
+                active.append(route)
+        # interleaved: a, b, a, b, ... one child per run, so that a slow spell of the machine
+        # hits both routes alike; otherwise one child per route runs all its repeats
+        rounds, per_child = (repeat, 1) if args.interleave else (1, repeat)
+        runs: dict[str, list[dict[str, Any]]] = {route: [] for route in active}
+        for _ in range(rounds):
+            for route in active:
+                rec = run_child(route, model_name, n, per_child, args.timeout, args.device, args.dtype)
+                runs[route].append(rec)
+                _report(model_name, n, route, rec)
+        for route in active:
+            by_route[route] = merge_runs(runs[route])
     rows = build_rows(results)
     print()
     print(
@@ -522,6 +560,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=0, help="runs per measurement, best time kept (0: 3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", help="model dtype: float32 or bfloat16")
+    parser.add_argument(
+        "--interleave",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one child per run, routes alternating (a, b, a, b, ...); --no-interleave: one child per route",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per subprocess")
     parser.add_argument("--eager-limit-gib", type=float, default=14.0, help="skip (c) above this estimate")
     parser.add_argument("--json", default=None, help="write the table rows as JSON to this path")
