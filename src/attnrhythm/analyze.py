@@ -49,7 +49,7 @@ class AnalysisConfig:
     heads_layers: list[int] | None = None  # absolute layers of a fixed head set
     credit: CreditConfig = field(default_factory=CreditConfig)
     tile_size: int | None = None
-    logits_chunk: int = 256
+    logits_chunk: int = 256  # LM-head rows per chunk: (256 x vocab) fp32 blocks are mmapped and freed at once
     save_maps: str | tuple[int, int] | None = None  # response-relative START:END of kept map blocks
     proximity: int = 4  # receiver heads: column scores count attention from >= proximity tokens later
     receiver_count: int | None = None  # receiver heads kept (None: as many as global heads; 0: off)

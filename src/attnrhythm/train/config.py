@@ -73,7 +73,7 @@ class RhythmCreditConfig:
     head_quantile: float = 0.3
     heads: str | None = None
     tile_size: int | None = None
-    logits_chunk: int = 256
+    logits_chunk: int = AnalysisConfig.logits_chunk
     # the credit forward
     batch_size: int = 8
     credit_forward: str = "auto"
