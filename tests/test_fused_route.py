@@ -413,6 +413,12 @@ def test_low_precision_kernels(dtype):
     with cap.capturing(capture), torch.no_grad():
         out, _ = cap.attnrhythm_attention_forward(module, q, k, v, mask)
     assert capture.routes == {0: "fused"} and out.dtype == dtype
+    layout = fused.detect_layout(mask, 3, 48)
+    for bad in ("rows", "tiles"):  # a bf16 output column cannot carry a position
+        with pytest.raises(ValueError, match="'columns' or 'auto'"):
+            fused.layer_reductions(
+                q, k, v, layout, scaling=None, window=10, bands=[], row_weight=weight, distance=bad
+            )
     expected = torch.nn.functional.scaled_dot_product_attention(
         q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), attn_mask=mask
     ).transpose(1, 2)
