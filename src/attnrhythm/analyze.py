@@ -23,7 +23,7 @@ from .rhythm import (
     HeadClasses,
     classify_heads,
     delta,
-    entropy_from_log_probs,
+    entropy_and_log_probs,
     fai,
     find_roles,
     head_distance,
@@ -376,15 +376,34 @@ class Analyzer:
         config = self.model.config
         softcap = getattr(config, "final_logit_softcapping", None)
         n = hidden.shape[0]
+        chunk = self.config.logits_chunk
+        # a plain bias-free fp32 head writes into one reused buffer: nothing vocab-sized is
+        # allocated per chunk (measured at 4K, 3072 rows: 1.9 s -> 1.4 s, lower peak RSS)
+        plain = (
+            isinstance(head, torch.nn.Linear)
+            and head.bias is None
+            and type(head.weight.data) is torch.Tensor  # not a sharded (DTensor) weight
+            and head.weight.dtype == hidden.dtype == torch.float32
+        )
+        rows = min(chunk, max(1, n - r0))
+        buffer = hidden.new_empty(rows, head.weight.shape[0]) if plain else None
+        scratch = None
         ent, logp = [], []
-        for start in range(r0 - 1, n - 1, self.config.logits_chunk):
-            stop = min(n - 1, start + self.config.logits_chunk)
-            logits = head(hidden[start:stop]).float()
+        for start in range(r0 - 1, n - 1, chunk):
+            stop = min(n - 1, start + chunk)
+            if buffer is not None:
+                logits = torch.mm(hidden[start:stop], head.weight.t(), out=buffer[: stop - start])
+            else:
+                logits = head(hidden[start:stop]).float()
             if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            lsm = torch.log_softmax(logits, dim=-1)
-            ent.append(entropy_from_log_probs(lsm))
-            logp.append(lsm.gather(-1, ids[start + 1 : stop + 1, None])[:, 0])
+                logits.div_(softcap).tanh_().mul_(softcap)
+            if scratch is None:
+                scratch = torch.empty(rows, logits.shape[-1], dtype=logits.dtype, device=logits.device)
+            entropy, log_probs = entropy_and_log_probs(
+                logits, ids[start + 1 : stop + 1], scratch=scratch[: stop - start]
+            )
+            ent.append(entropy)
+            logp.append(log_probs)
         return torch.cat(ent).cpu(), torch.cat(logp).cpu()
 
     def _finish(

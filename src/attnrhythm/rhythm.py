@@ -186,14 +186,29 @@ def receiver_heads(
     return sorted((i // n_heads, i % n_heads) for i in order[:count]), kurt
 
 
-def entropy_from_log_probs(logp: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of a distribution given as log-probabilities along the last dimension."""
-    return -(logp.exp().mul_(logp)).sum(-1)
+def entropy_and_log_probs(
+    logits: torch.Tensor, targets: torch.Tensor | None = None, scratch: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Entropy (nats) of softmax(logits) along the last dimension, and log p of ``targets``.
+
+    Works in place: ``logits`` (rows, vocab; float32 or better) is overwritten with
+    ``logits - max``; ``scratch`` (same shape and dtype, optional) receives the exponentials, so a
+    caller looping over chunks allocates nothing vocab-sized per chunk. With x = logits - max,
+    p = exp(x) / Z: entropy = log Z - sum exp(x) x / Z, log p(y) = x_y - log Z.
+    """
+    logits.sub_(logits.amax(-1, keepdim=True))
+    exps = torch.exp(logits, out=scratch) if scratch is not None else logits.exp()
+    total = exps.sum(-1)
+    log_total = total.log()
+    entropy = log_total - exps.mul_(logits).sum(-1) / total
+    if targets is None:
+        return entropy, None
+    return entropy, logits.gather(-1, targets[:, None])[:, 0] - log_total
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) along the last dimension, in float32 or better."""
-    return entropy_from_log_probs(torch.log_softmax(logits.float(), dim=-1))
+    return entropy_and_log_probs(logits.float().clone())[0]
 
 
 def delta(waad_values: torch.Tensor) -> torch.Tensor:
