@@ -208,7 +208,7 @@ def entropy_and_log_probs(
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) along the last dimension, in float32 or better."""
-    return entropy_and_log_probs(logits.float().clone())[0]
+    return entropy_and_log_probs(logits.to(torch.float32, copy=True))[0]  # one copy: it works in place
 
 
 def delta(waad_values: torch.Tensor) -> torch.Tensor:
