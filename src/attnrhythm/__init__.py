@@ -14,19 +14,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .analyze import AnalysisConfig, Analyzer, TraceInput, TraceResult, load_heads_file
-from .credit import STRATEGIES, CreditConfig, gamma, shape_advantages
-from .errors import AttnRhythmError
-from .generate import generate, make_trace
-from .records import read_inputs, read_records
-from .runner import GenerationConfig, analyze_items
+from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput, TraceResult, load_heads_file
+from attnrhythm.credit import STRATEGIES, CreditConfig, gamma, shape_advantages
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.generate import generate, make_trace
+from attnrhythm.records import read_inputs, read_records
+from attnrhythm.runner import GenerationConfig, analyze_items
 
 __version__ = "0.1.0"
 
 
 def load_model(spec: str = "embedded", **kwargs: Any):
     """(model, tokenizer) for 'embedded', a checkpoint directory, a .gguf file or a cached hub id."""
-    from .models import load_model as _load
+    from attnrhythm.models import load_model as _load
 
     return _load(spec, **kwargs)
 

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from . import capture as cap
-from .credit import STRATEGIES, CreditConfig, gamma
-from .errors import AttnRhythmError
-from .rhythm import (
+from attnrhythm import capture as cap
+from attnrhythm.credit import STRATEGIES, CreditConfig, gamma
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.rhythm import (
     HeadClasses,
     classify_heads,
     delta,
@@ -33,8 +33,8 @@ from .rhythm import (
     round_half_up,
     waad,
 )
-from .schema import SCHEMA_VERSION, parse_span, record_float, record_floats
-from .sharding import full_parameters
+from attnrhythm.schema import SCHEMA_VERSION, parse_span, record_float, record_floats
+from attnrhythm.sharding import full_parameters
 
 
 @dataclass
@@ -110,7 +110,7 @@ def load_heads_file(path: str | Path) -> tuple[list[int], HeadClasses]:
 
     Returns (absolute layers to analyse, classes with absolute layer indices).
     """
-    from .headsets import read_heads_file
+    from attnrhythm.headsets import read_heads_file
 
     return read_heads_file(path)
 
@@ -149,7 +149,7 @@ class TraceResult:
 
     def _repr_html_(self) -> str:
         """Jupyter: this trace's self-contained report inline (see :class:`attnrhythm.report.Report`)."""
-        from .report import Report
+        from attnrhythm.report import Report
 
         return Report([self])._repr_html_()
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .errors import AttnRhythmError
+from attnrhythm.errors import AttnRhythmError
 
 try:  # typer >= 0.26 vendors its own click
     from typer._click import exceptions as click_exceptions
@@ -55,8 +55,8 @@ ChatOpt = typer.Option(True, "--chat/--no-chat", help="Wrap the prompt in the mo
 
 def _config(*, heads: Path | None, save_maps: str | None, tile_size: int | None, **values):
     """AnalysisConfig from the shared flags (credit flags go to CreditConfig)."""
-    from .analyze import AnalysisConfig, load_heads_file
-    from .credit import CreditConfig
+    from attnrhythm.analyze import AnalysisConfig, load_heads_file
+    from attnrhythm.credit import CreditConfig
 
     fixed = heads_layers = None
     if heads is not None:
@@ -129,8 +129,8 @@ def analyze(
     ),
 ) -> None:
     """Analyse prompt+response traces: head spans and classes, WAAD, FAI, entropy, roles, gamma."""
-    from .records import InputItem, check_text, read_inputs
-    from .runner import GenerationConfig, analyze_items
+    from attnrhythm.records import InputItem, check_text, read_inputs
+    from attnrhythm.runner import GenerationConfig, analyze_items
 
     if prompt is not None:
         check_text(prompt, "--prompt")
@@ -183,8 +183,8 @@ def analyze(
     resumed = f" ({summary.resumed} already there)" if summary.resumed else ""
     console.print(f"wrote {summary.written} record(s) to {out}{resumed}", highlight=False)
     if report is not None and out.exists():
-        from .records import read_records
-        from .report import write_report
+        from attnrhythm.records import read_records
+        from attnrhythm.report import write_report
 
         write_report(read_records(out), report, span=save_maps)
         console.print(f"report: {report}", highlight=False)
@@ -215,11 +215,11 @@ def demo(
     """
     import hashlib
 
-    from .analyze import AnalysisConfig
-    from .demo import PROBLEMS, show
-    from .records import InputItem, iter_jsonl
-    from .report import write_report
-    from .runner import GenerationConfig, analyze_items
+    from attnrhythm.analyze import AnalysisConfig
+    from attnrhythm.demo import PROBLEMS, show
+    from attnrhythm.records import InputItem, iter_jsonl
+    from attnrhythm.report import write_report
+    from attnrhythm.runner import GenerationConfig, analyze_items
 
     if not 1 <= n <= len(PROBLEMS):
         raise AttnRhythmError(f"bad --n {n}: the demo has {len(PROBLEMS)} problems, pick 1..{len(PROBLEMS)}")
@@ -286,8 +286,8 @@ def report(
     ),
 ) -> None:
     """Write one self-contained HTML report (no network needed): index, curves, tokens, maps, heads."""
-    from .headsets import load_corpus_heads
-    from .report import load_records, parse_span, render_html, write_page
+    from attnrhythm.headsets import load_corpus_heads
+    from attnrhythm.report import load_records, parse_span, render_html, write_page
 
     recs = load_records(records)
     parse_span(span)  # a bad span fails before a model is loaded
@@ -320,8 +320,8 @@ def figure(
     dpi: int = typer.Option(200, "--dpi", help="Resolution of a .png."),
 ) -> None:
     """Render one trace as a static figure (matplotlib): maps, curves with peaks, head picture."""
-    from .figure import check_out, parse_range, pick, trace_figure
-    from .report import load_records, parse_span
+    from attnrhythm.figure import check_out, parse_range, pick, trace_figure
+    from attnrhythm.report import load_records, parse_span
 
     check_out(out)
     if dpi < 10:
@@ -355,8 +355,8 @@ def heads(
     """
     from rich.table import Table
 
-    from .headsets import corpus_heads, write_heads_file
-    from .records import read_records
+    from attnrhythm.headsets import corpus_heads, write_heads_file
+    from attnrhythm.records import read_records
 
     recs: list = []
     for path in records:
@@ -391,7 +391,7 @@ def heads(
 
 
 def _load(model: str, device: str):
-    from .models import load_model
+    from attnrhythm.models import load_model
 
     with console.status(f"loading model {model} ..."):
         return load_model(model, device=device)
@@ -427,8 +427,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # sub-commands in their own modules (they read the shared options above)
-from .cli_study import register as _register_study  # noqa: E402
-from .cli_train import register as _register_train  # noqa: E402
+from attnrhythm.cli_study import register as _register_study  # noqa: E402
+from attnrhythm.cli_train import register as _register_train  # noqa: E402
 
 _register_study(app)
 _register_train(app)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .errors import AttnRhythmError
+from attnrhythm.errors import AttnRhythmError
 
 study_app = typer.Typer(
     no_args_is_help=True,
@@ -36,7 +36,7 @@ HeadsOpt = typer.Option(
 
 
 def _opts():
-    from . import cli
+    from attnrhythm import cli
 
     return cli
 
@@ -46,9 +46,15 @@ def _prepare(
     layers, window, fai_horizon, head_quantile, proximity, receivers, need_model, heads=None,
 ):  # fmt: skip
     """(model, tokenizer, records, run metadata) from --records or by sampling (resumable)."""
-    from .analyze import AnalysisConfig
-    from .records import read_records
-    from .studies.run import SampleConfig, check_records, run_meta, sampled_records, sampling_settings
+    from attnrhythm.analyze import AnalysisConfig
+    from attnrhythm.records import read_records
+    from attnrhythm.studies.run import (
+        SampleConfig,
+        check_records,
+        run_meta,
+        sampled_records,
+        sampling_settings,
+    )
 
     cli = _opts()
     if heads is not None and records is not None:
@@ -58,7 +64,7 @@ def _prepare(
         )
     fixed = heads_layers = None
     if heads is not None:
-        from .analyze import load_heads_file
+        from attnrhythm.analyze import load_heads_file
 
         heads_layers, fixed = load_heads_file(heads)
     analysis = AnalysisConfig(
@@ -135,8 +141,8 @@ def couplings(
     heads: Path = HeadsOpt,
 ) -> None:
     """Table 2: entropy at WAAD peaks, receiver vs global FAI peaks, FAI peaks at/after WAAD peaks."""
-    from .studies.couplings import COUPLINGS, PeakSpec
-    from .studies.run import run_couplings
+    from attnrhythm.studies.couplings import COUPLINGS, PeakSpec
+    from attnrhythm.studies.run import run_couplings
 
     cli = _opts()
     spec = PeakSpec(q=peak_q, rule=peak_rule, lag=lag, null=null)
@@ -208,8 +214,8 @@ def perturb(
     heads: Path = HeadsOpt,
 ) -> None:
     """Table 1: force the top-k alternatives at a high- and a low-FAI position, compare continuations."""
-    from .studies.perturb import PerturbConfig
-    from .studies.run import run_perturb
+    from attnrhythm.studies.perturb import PerturbConfig
+    from attnrhythm.studies.run import run_perturb
 
     cli = _opts()
     config = PerturbConfig(top_k=top_k, horizon=horizon, margin=margin, reference=reference)

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from .errors import AttnRhythmError
+from attnrhythm.errors import AttnRhythmError
 
 TaskOpt = typer.Option(
     None,
@@ -54,7 +54,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` and ``eval`` commands to ``app``."""
-    from .cli import ModelOpt, _progress, console, out_console
+    from attnrhythm.cli import ModelOpt, _progress, console, out_console
 
     @app.command()
     def train(
@@ -105,8 +105,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a --out holding a run."),
     ) -> None:
         """Train a policy with GRPO + attention-rhythm credit; writes metrics.jsonl, checkpoints, final/."""
-        from .train.runs import SETTINGS_FILE, TrainSettings, check_run_dir
-        from .train.runs import train as run_training
+        from attnrhythm.train.runs import SETTINGS_FILE, TrainSettings, check_run_dir
+        from attnrhythm.train.runs import train as run_training
 
         if resume and overwrite:
             raise AttnRhythmError("pass either --resume or --overwrite, not both")
@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
             device=device,
             output_dir=str(out) if out is not None else None,
         )
-        from .models import resolve_checkpoint
+        from attnrhythm.models import resolve_checkpoint
 
         resolve_checkpoint(settings.model)  # bad model or run directory: one line before any output
         check_run_dir(settings, resume=resume, overwrite=overwrite)
@@ -199,10 +199,10 @@ def register(app: typer.Typer) -> None:
         """
         from rich.table import Table
 
-        from .models import load_model
-        from .tasks import get_task
-        from .train.evaluate import evaluate
-        from .train.runs import FINAL_DIR, SETTINGS_FILE, TrainSettings, training_prompts
+        from attnrhythm.models import load_model
+        from attnrhythm.tasks import get_task
+        from attnrhythm.train.evaluate import evaluate
+        from attnrhythm.train.runs import FINAL_DIR, SETTINGS_FILE, TrainSettings, training_prompts
 
         if n < 1:
             raise AttnRhythmError(f"bad --n {n}: evaluate at least 1 problem")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import AttnRhythmError
-from .rhythm import Roles, find_roles, top_q
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.rhythm import Roles, find_roles, top_q
 
 STRATEGIES: tuple[str, ...] = ("none", "local", "global", "coupled", "entropy", "random")
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AttnRhythmError
-from .report import (
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.report import (
     ROLES,
     SERIES,
     check_record,

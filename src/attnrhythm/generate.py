@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from .analyze import TraceInput
-from .errors import AttnRhythmError
+from attnrhythm.analyze import TraceInput
+from attnrhythm.errors import AttnRhythmError
 
 
 def prompt_ids(tokenizer: Any, prompt: str, *, chat: bool = True) -> list[int]:

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from .errors import AttnRhythmError
-from .rhythm import HeadClasses, classify_heads
-from .schema import record_floats
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.rhythm import HeadClasses, classify_heads
+from attnrhythm.schema import record_floats
 
 FORMAT = "attnrhythm-heads"
 VERSION = 1

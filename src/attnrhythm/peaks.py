@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import AttnRhythmError
+from attnrhythm.errors import AttnRhythmError
 
 PEAK_RULES = ("local-max", "top")
 

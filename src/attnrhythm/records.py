@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import AttnRhythmError
+from attnrhythm.errors import AttnRhythmError
 
 
 @dataclass

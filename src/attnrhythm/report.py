@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AttnRhythmError
-from .peaks import peaks
-from .schema import SCHEMA_VERSION
-from .schema import parse_span as _parse_span
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.peaks import peaks
+from attnrhythm.schema import SCHEMA_VERSION
+from attnrhythm.schema import parse_span as _parse_span
 
 DEFAULT_SPAN = 128
 ROLES = ("preplan", "anchor", "dominated", "intro")
@@ -64,7 +64,7 @@ MAPS_HOWTO = (
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
     """Read and check a records file: every record must be a schema-1 ``analyze`` record."""
-    from .records import read_records
+    from attnrhythm.records import read_records
 
     records = read_records(path)
     if not records:
@@ -241,7 +241,7 @@ def trace_maps(
                 "source": f"cut from the record's saved window {a}:{b}",
             }, None
     if model is not None:
-        from .analyze import compute_maps
+        from attnrhythm.analyze import compute_maps
 
         maps = compute_maps(model, tokenizer, record, (s, e))
         a, b = (int(x) for x in maps["span"])
@@ -572,7 +572,7 @@ def corpus_payload(records: list[dict[str, Any]], heads: Any = None) -> dict[str
     computes it from ``records`` when there are at least 2 with the same analysed layers (else
     the page has no stability card).
     """
-    from .headsets import check_corpus_heads, corpus_heads, load_corpus_heads
+    from attnrhythm.headsets import check_corpus_heads, corpus_heads, load_corpus_heads
 
     if heads is None:
         if len(records) < 2:

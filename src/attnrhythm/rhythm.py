@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import AttnRhythmError
+from attnrhythm.errors import AttnRhythmError
 
 
 def round_half_up(x: float) -> int:

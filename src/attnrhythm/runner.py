@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .analyze import AnalysisConfig, Analyzer, TraceInput, TraceResult
-from .errors import AttnRhythmError
-from .generate import generate, make_trace, prompt_ids
-from .records import InputItem, ResumableWriter
+from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput, TraceResult
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.generate import generate, make_trace, prompt_ids
+from attnrhythm.records import InputItem, ResumableWriter
 
 #: input-line fields never copied into a record (the record writes its own)
 RESERVED_FIELDS = frozenset({"prompt", "response", "key", "schema_version", "generated"})

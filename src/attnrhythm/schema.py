@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import AttnRhythmError
+from attnrhythm.errors import AttnRhythmError
 
 SCHEMA_VERSION = 1
 MAX_MAP_SPAN = 512

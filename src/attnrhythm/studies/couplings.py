@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AttnRhythmError
-from ..peaks import check_peak_spec, peaks
-from .statistics import RatioParts, random_subsets, summarise
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.peaks import check_peak_spec, peaks
+from attnrhythm.studies.statistics import RatioParts, random_subsets, summarise
 
 NULLS = ("shift", "uniform")
 COUPLINGS = ("entropy_at_waad_peaks", "receiver_vs_global_fai_peaks", "fai_after_waad_peaks")

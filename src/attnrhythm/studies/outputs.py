@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .couplings import COUPLINGS
+from attnrhythm.studies.couplings import COUPLINGS
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

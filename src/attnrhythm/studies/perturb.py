@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import AttnRhythmError
-from ..generate import generate
-from .statistics import bootstrap_mean_ci, sign_test, wilson_interval
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.generate import generate
+from attnrhythm.studies.statistics import bootstrap_mean_ci, sign_test, wilson_interval
 
 #: Function words ignored by the content-word Jaccard: articles, pronouns, auxiliaries,
 #: prepositions, conjunctions and common adverbs (English). Numbers and all other words count.

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import AttnRhythmError
-from ..tasks import GymTask, MathTask, WordProblemTask, get_task, math_reward
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.tasks import GymTask, MathTask, WordProblemTask, get_task, math_reward
 
 
 @dataclass

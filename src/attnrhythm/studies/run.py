@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..analyze import AnalysisConfig
-from ..errors import AttnRhythmError
-from ..records import InputItem, ResumableWriter, read_records
-from ..runner import GenerationConfig, analyze_items
-from .couplings import PeakSpec, TraceSeries, couplings
-from .outputs import (
+from attnrhythm.analyze import AnalysisConfig
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.records import InputItem, ResumableWriter, read_records
+from attnrhythm.runner import GenerationConfig, analyze_items
+from attnrhythm.studies.couplings import PeakSpec, TraceSeries, couplings
+from attnrhythm.studies.outputs import (
     couplings_markdown,
     couplings_plot,
     perturb_markdown,
@@ -32,8 +32,8 @@ from .outputs import (
     write_json_atomic,
     write_text_atomic,
 )
-from .perturb import PerturbConfig, perturb_record, summarise_trials
-from .problems import problem_set
+from attnrhythm.studies.perturb import PerturbConfig, perturb_record, summarise_trials
+from attnrhythm.studies.problems import problem_set
 
 Progress = Callable[[str, int, int], None]
 

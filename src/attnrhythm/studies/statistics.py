@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import AttnRhythmError
+from attnrhythm.errors import AttnRhythmError
 
 
 @dataclass

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import AttnRhythmError
-from .arithmetic import ArithmeticTask
-from .countdown import (
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.tasks.arithmetic import ArithmeticTask
+from attnrhythm.tasks.countdown import (
     CountdownInstance,
     ExpressionError,
     countdown_reward,
@@ -40,9 +40,9 @@ from .countdown import (
     solve,
     verify,
 )
-from .datasets import gsm8k_answer, load_hf_task, load_jsonl_task
-from .gym import GymTask, dataset_names, make_gym_task
-from .mathcheck import (
+from attnrhythm.tasks.datasets import gsm8k_answer, load_hf_task, load_jsonl_task
+from attnrhythm.tasks.gym import GymTask, dataset_names, make_gym_task
+from attnrhythm.tasks.mathcheck import (
     BOXED_INSTRUCTION,
     answers_match,
     extract_answer,
@@ -50,7 +50,7 @@ from .mathcheck import (
     math_reward,
     normalize_answer,
 )
-from .wordproblems import Problem, generate_problems
+from attnrhythm.tasks.wordproblems import Problem, generate_problems
 
 
 @runtime_checkable

@@ -18,8 +18,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AttnRhythmError
-from .mathcheck import math_reward
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.tasks.mathcheck import math_reward
 
 _INSTRUCTION = "Put the final answer in \\boxed{}."
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from ..errors import AttnRhythmError
+from attnrhythm.errors import AttnRhythmError
 
 MAX_EXPRESSION_CHARS = 200
 MAX_MAGNITUDE = 10**12

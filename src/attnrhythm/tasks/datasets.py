@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import AttnRhythmError
-from ..records import jsonl_lines, parse_json_line
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.records import jsonl_lines, parse_json_line
 
 _GSM8K_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 

@@ -56,9 +56,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AttnRhythmError
-from .mathcheck import extract_answer as extract_boxed
-from .mathcheck import math_prompt
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.tasks.mathcheck import extract_answer as extract_boxed
+from attnrhythm.tasks.mathcheck import math_prompt
 
 PREFIX = "rg:"
 #: reasoning-gym seeds per attnrhythm seed block, and the number of blocks.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from math import gcd
 
-from ..errors import AttnRhythmError
+from attnrhythm.errors import AttnRhythmError
 
 MIN_STEPS, MAX_STEPS = 2, 5
 _MAX_VALUE = 1_000_000

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import RhythmCreditConfig
-from .rewards import completion_text, task_reward_func
-from .shaping import ROLE_NAMES, RolloutCredit, rollout_gamma
+from attnrhythm.train.config import RhythmCreditConfig
+from attnrhythm.train.rewards import completion_text, task_reward_func
+from attnrhythm.train.shaping import ROLE_NAMES, RolloutCredit, rollout_gamma
 
 __all__ = [
     "ROLE_NAMES",
@@ -42,7 +42,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "RhythmGRPOTrainer":
-        from .credit_trainer import RhythmGRPOTrainer
+        from attnrhythm.train.credit_trainer import RhythmGRPOTrainer
 
         return RhythmGRPOTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

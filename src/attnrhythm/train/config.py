@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..analyze import AnalysisConfig, load_heads_file
-from ..credit import STRATEGIES, CreditConfig
-from ..errors import AttnRhythmError
-from ..rhythm import parse_horizon
+from attnrhythm.analyze import AnalysisConfig, load_heads_file
+from attnrhythm.credit import STRATEGIES, CreditConfig
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.rhythm import parse_horizon
 
 CREDIT_FORWARDS: tuple[str, ...] = ("auto", "fused", "separate")
 

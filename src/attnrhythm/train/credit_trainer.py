@@ -72,17 +72,23 @@ try:
     from trl import GRPOTrainer
     from trl.models import unwrap_model_for_generation
 except ImportError as err:  # pragma: no cover - exercised only without the extra
-    from ..errors import AttnRhythmError
+    from attnrhythm.errors import AttnRhythmError
 
     raise AttnRhythmError(
         "attnrhythm.train needs TRL: install it with pip install 'attnrhythm[train]'"
     ) from err
 
-from ..analyze import Analyzer, TraceResult
-from ..credit import shape_advantages
-from ..errors import AttnRhythmError
-from .config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
-from .shaping import COUNT_KEYS, capturing_rollout, credit_from_results, rhythm_metrics, rollout_gamma
+from attnrhythm.analyze import Analyzer, TraceResult
+from attnrhythm.credit import shape_advantages
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.train.config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
+from attnrhythm.train.shaping import (
+    COUNT_KEYS,
+    capturing_rollout,
+    credit_from_results,
+    rhythm_metrics,
+    rollout_gamma,
+)
 
 _IMAGE_KEYS = ("pixel_values", "image_grid_thw", "num_images")
 

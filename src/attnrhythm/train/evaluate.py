@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from ..errors import AttnRhythmError
-from ..generate import generate, prompt_ids
-from ..tasks import Task
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.generate import generate, prompt_ids
+from attnrhythm.tasks import Task
 
 #: Default seed of held-out examples (training uses ``data_seed``, 0 by default).
 EVAL_SEED = 10_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..tasks import Task
+from attnrhythm.tasks import Task
 
 # keyword arguments TRL adds for every reward function; they are not dataset columns
 _TRL_EXTRAS = frozenset({"trainer_state", "log_extra", "log_metric", "environments", "completion_ids"})

@@ -61,10 +61,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AttnRhythmError
-from ..tasks import Task, get_task
-from .config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
-from .rewards import completion_text
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.tasks import Task, get_task
+from attnrhythm.train.config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
+from attnrhythm.train.rewards import completion_text
 
 METRICS_FILE = "metrics.jsonl"
 SETTINGS_FILE = "settings.yaml"
@@ -404,7 +404,7 @@ class _AccuracyReward:
         self.total = 0
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-        from .rewards import _TRL_EXTRAS
+        from attnrhythm.train.rewards import _TRL_EXTRAS
 
         columns = {k: v for k, v in kwargs.items() if k not in _TRL_EXTRAS and isinstance(v, list)}
         out = []
@@ -580,7 +580,7 @@ def train(
 
     output_dir = Path(settings.output_dir)
     if model is None or tokenizer is None:
-        from ..models import resolve_checkpoint
+        from attnrhythm.models import resolve_checkpoint
 
         resolve_checkpoint(settings.model)  # a bad model spec fails before anything is written
     resume_from = check_run_dir(settings, resume=resume, overwrite=overwrite)
@@ -601,10 +601,10 @@ def train(
 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from .credit_trainer import RhythmGRPOTrainer
+    from attnrhythm.train.credit_trainer import RhythmGRPOTrainer
 
     if model is None or tokenizer is None:
-        from ..models import load_model
+        from attnrhythm.models import load_model
 
         model, tokenizer = load_model(settings.model)
     task = settings.make_task()

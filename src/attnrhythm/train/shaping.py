@@ -26,10 +26,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..analyze import Analyzer, TraceInput, TraceResult
-from ..capture import capturing
-from ..credit import CreditConfig, gamma
-from ..sharding import agreed_count
+from attnrhythm.analyze import Analyzer, TraceInput, TraceResult
+from attnrhythm.capture import capturing
+from attnrhythm.credit import CreditConfig, gamma
+from attnrhythm.sharding import agreed_count
 
 ROLE_NAMES: tuple[str, ...] = ("preplan", "anchor", "dominated", "intro")
 COUNT_KEYS: tuple[str, ...] = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)

@@ -15,9 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...train.shaping import COUNT_KEYS, rhythm_metrics
-from .credit import batch_credit
-from .layout import PaddedRollout, nested_to_padded, padded_rollout, padded_to_nested, response_layout
+from attnrhythm.integrations.verl.credit import batch_credit
+from attnrhythm.integrations.verl.layout import (
+    PaddedRollout,
+    nested_to_padded,
+    padded_rollout,
+    padded_to_nested,
+    response_layout,
+)
+from attnrhythm.train.shaping import COUNT_KEYS, rhythm_metrics
 
 __all__ = [
     "COUNT_KEYS",

@@ -25,10 +25,10 @@ from types import SimpleNamespace
 
 import torch
 
-from ...analyze import Analyzer
-from ...train.config import RhythmCreditConfig
-from ...train.shaping import COUNT_KEYS, rollout_gamma
-from .layout import padded_rollout, response_layout
+from attnrhythm.analyze import Analyzer
+from attnrhythm.integrations.verl.layout import padded_rollout, response_layout
+from attnrhythm.train.config import RhythmCreditConfig
+from attnrhythm.train.shaping import COUNT_KEYS, rollout_gamma
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import AttnRhythmError
+from attnrhythm.errors import AttnRhythmError
 
 
 @dataclass

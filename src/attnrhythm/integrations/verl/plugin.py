@@ -7,5 +7,5 @@ verl imports it in every process that imports verl, through the ``verl.plugins``
 
 from __future__ import annotations
 
-from .trainer import MODE, RhythmPPOTrainer  # noqa: F401  (registers the mode)
-from .worker import RhythmActorRolloutRefWorker  # noqa: F401
+from attnrhythm.integrations.verl.trainer import MODE, RhythmPPOTrainer  # noqa: F401  (registers the mode)
+from attnrhythm.integrations.verl.worker import RhythmActorRolloutRefWorker  # noqa: F401

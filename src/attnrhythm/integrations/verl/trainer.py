@@ -31,11 +31,17 @@ from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from ...credit import shape_advantages
-from ...errors import AttnRhythmError
-from ...train.config import RhythmCreditConfig
-from ...train.shaping import COUNT_KEYS, rhythm_metrics
-from .worker import COUNTS_FIELD, GAMMA_FIELD, SETTINGS_KEY, STEP_KEY, RhythmActorRolloutRefWorker
+from attnrhythm.credit import shape_advantages
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.integrations.verl.worker import (
+    COUNTS_FIELD,
+    GAMMA_FIELD,
+    SETTINGS_KEY,
+    STEP_KEY,
+    RhythmActorRolloutRefWorker,
+)
+from attnrhythm.train.config import RhythmCreditConfig
+from attnrhythm.train.shaping import COUNT_KEYS, rhythm_metrics
 
 MODE = "rhythm_grpo"
 # keys of the mode's section that verl itself reads (PPOTrainer: trainer.v1.<mode>.parameter_sync_step)

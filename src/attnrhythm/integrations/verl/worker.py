@@ -16,10 +16,10 @@ from verl.single_controller.base.decorator import make_nd_compute_dataproto_disp
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from ...errors import AttnRhythmError
-from ...train.config import RhythmCreditConfig
-from ...train.shaping import COUNT_KEYS
-from .credit import batch_credit
+from attnrhythm.errors import AttnRhythmError
+from attnrhythm.integrations.verl.credit import batch_credit
+from attnrhythm.train.config import RhythmCreditConfig
+from attnrhythm.train.shaping import COUNT_KEYS
 
 SETTINGS_KEY = "rhythm_credit"  # non-tensor entry of the batch: the RhythmCreditConfig fields
 STEP_KEY = "rhythm_step"  # non-tensor entry of the batch: the trainer's global step
