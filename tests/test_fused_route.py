@@ -19,8 +19,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnrhythm import capture as cap
-from attnrhythm import fused
+from attnrhythm.attention import capture as cap
+from attnrhythm.attention import fused
 from attnrhythm.errors import AttnRhythmError
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}

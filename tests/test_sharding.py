@@ -19,7 +19,7 @@ from tiny_llama import tiny_llama  # noqa: E402
 from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: E402
 
 from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput  # noqa: E402
-from attnrhythm.sharding import (  # noqa: E402
+from attnrhythm.attention.sharding import (  # noqa: E402
     agreed_count,
     bypassed_fsdp_modules,
     full_parameters,

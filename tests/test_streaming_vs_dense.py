@@ -38,11 +38,11 @@ from transformers import (
     Qwen3Config,
 )
 
-from attnrhythm import capture as cap
 from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput
+from attnrhythm.attention import capture as cap
+from attnrhythm.attention.reductions import tile_reductions
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.rhythm import round_half_up
-from attnrhythm.stats import tile_reductions
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 VOCAB = 97

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from attnrhythm import capture as cap
+from attnrhythm.attention import capture as cap
+from attnrhythm.attention.sharding import full_parameters
 from attnrhythm.credit import STRATEGIES, CreditConfig, gamma
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.rhythm import (
@@ -34,7 +35,6 @@ from attnrhythm.rhythm import (
     waad,
 )
 from attnrhythm.schema import SCHEMA_VERSION, parse_span, record_float, record_floats
-from attnrhythm.sharding import full_parameters
 
 
 @dataclass
@@ -256,7 +256,7 @@ class Analyzer:
         """Analyse a batch in one forward pass (all traces must be valid: see TraceInput.check).
 
         On an FSDP2-sharded model the parameters the analysis needs outside the layers' own
-        forwards are gathered for the call and resharded after it (:mod:`attnrhythm.sharding`);
+        forwards are gathered for the call and resharded after it (:mod:`attnrhythm.attention.sharding`);
         like any FSDP forward, every rank must then call it the same number of times.
         """
         for trace in traces:
@@ -318,10 +318,10 @@ class Analyzer:
     def new_capture(
         self, row_weight: torch.Tensor, blocks: list[tuple[int, int] | None] | None = None
     ) -> cap.Capture:
-        """A :class:`~attnrhythm.capture.Capture` of this analysis for a (B, N) padded batch.
+        """A :class:`~attnrhythm.attention.capture.Capture` of this analysis for a (B, N) padded batch.
 
         ``row_weight`` is 1 on the response rows of each sequence (the rows whose attention the
-        column reductions sum), 0 elsewhere. Activate it with :func:`~attnrhythm.capture.capturing`
+        column reductions sum), 0 elsewhere. Activate it with :func:`~attnrhythm.attention.capture.capturing`
         around any forward of this model over that batch, then call :meth:`results_from_capture`.
         """
         return cap.Capture(

@@ -33,7 +33,7 @@ Distributed notes (what the tests cover is said for each):
   communication; the ``rhythm/*`` metrics are gathered over ranks. Tested with 2 gloo CPU
   processes under ``torchrun`` (tests/test_train_distributed.py), separate and fused.
 * FSDP2 (``fully_shard``): the separate forward calls the decoder and the LM head on their own,
-  so :mod:`attnrhythm.sharding` unshards the modules whose hooks that skips (root, head path) and
+  so :mod:`attnrhythm.attention.sharding` unshards the modules whose hooks that skips (root, head path) and
   every rank runs the same number of credit forwards (dummy chunks pad the ranks with fewer
   analysable sequences). The fused capture runs inside TRL's full-model forward, where FSDP2's
   own hooks gather the parameters. Tested: rollout_gamma, the fused capture and this class'

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from attnrhythm.analyze import Analyzer, TraceInput, TraceResult
-from attnrhythm.capture import capturing
+from attnrhythm.attention.capture import capturing
+from attnrhythm.attention.sharding import agreed_count
 from attnrhythm.credit import CreditConfig, gamma
-from attnrhythm.sharding import agreed_count
 
 ROLE_NAMES: tuple[str, ...] = ("preplan", "anchor", "dominated", "intro")
 COUNT_KEYS: tuple[str, ...] = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)

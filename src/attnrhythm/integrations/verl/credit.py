@@ -7,8 +7,8 @@ batch's layout. Two things make that safe inside verl's FSDP engine:
 * **Lockstep forwards.** Under FSDP2 every forward all-gathers parameters, so every rank must run
   the same number of them. ``rollout_gamma`` skips rows (responses under 2 tokens, sequences past
   the context) and so may need fewer chunks on one rank than on another; it agrees on the number
-  of forwards over the ranks before the first one (:func:`attnrhythm.sharding.agreed_count`) and
-  pads with a 3-token dummy trace, and :func:`attnrhythm.sharding.full_parameters` keeps a
+  of forwards over the ranks before the first one (:func:`attnrhythm.attention.sharding.agreed_count`) and
+  pads with a 3-token dummy trace, and :func:`attnrhythm.attention.sharding.full_parameters` keeps a
   separately sharded LM head gathered for the whole analysis, so the collectives of a credit call
   do not depend on the data.
 * **The attention implementation is restored.** The streaming analysis switches the model to the

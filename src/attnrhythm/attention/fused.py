@@ -45,8 +45,14 @@ from dataclasses import dataclass
 
 import torch
 
-from attnrhythm.bands import scan_band
-from attnrhythm.stats import Band, LayerReductions, drop_leading_columns, leading_columns, weighted_span
+from attnrhythm.attention.bands import scan_band
+from attnrhythm.attention.reductions import (
+    Band,
+    LayerReductions,
+    drop_leading_columns,
+    leading_columns,
+    weighted_span,
+)
 
 NO_WEIGHT = -1e30  # log-weight of rows with zero weight: exp() of it is exactly 0
 

@@ -33,9 +33,9 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from attnrhythm import fused
+from attnrhythm.attention import fused
+from attnrhythm.attention.reductions import Band, LayerReductions, tile_reductions
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.stats import Band, LayerReductions, tile_reductions
 
 IMPLEMENTATION = "attnrhythm"
 ROUTES = ("auto", "fused", "tile")
