@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnrhythm.rhythm import classify_heads, entropy_from_logits
+from attnrhythm.method.rhythm import classify_heads, entropy_from_logits
 
 
 @dataclass

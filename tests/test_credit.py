@@ -10,8 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_rhythm import DELTA, FAI, WAAD
 
-from attnrhythm.credit import STRATEGIES, CreditConfig, gamma, indicator, random_selection, shape_advantages
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.method.credit import (
+    STRATEGIES,
+    CreditConfig,
+    gamma,
+    indicator,
+    random_selection,
+    shape_advantages,
+)
 
 # The 12-token example of test_rhythm.py. Its roles, worked out there by hand:
 #   preplan T_loc = [0, 2, 3, 8, 9]      anchors T_glob = [0, 3, 7, 9, 10]

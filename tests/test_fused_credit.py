@@ -26,8 +26,8 @@ from test_train_trl import (  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from attnrhythm.analyze import Analyzer  # noqa: E402
-from attnrhythm.credit import STRATEGIES  # noqa: E402
 from attnrhythm.errors import AttnRhythmError  # noqa: E402
+from attnrhythm.method.credit import STRATEGIES  # noqa: E402
 from attnrhythm.train import RhythmCreditConfig  # noqa: E402
 from attnrhythm.train.shaping import (  # noqa: E402
     capturing_rollout,

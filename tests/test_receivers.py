@@ -8,7 +8,7 @@ from dense import dense_analysis
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput
-from attnrhythm.rhythm import kurtosis, receiver_heads
+from attnrhythm.method.rhythm import kurtosis, receiver_heads
 
 
 def np_kurtosis(x: np.ndarray) -> float:

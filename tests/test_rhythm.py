@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.rhythm import (
+from attnrhythm.method.rhythm import (
     classify_heads,
     default_layers,
     delta,

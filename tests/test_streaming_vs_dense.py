@@ -42,7 +42,7 @@ from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput
 from attnrhythm.attention import capture as cap
 from attnrhythm.attention.reductions import tile_reductions
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.rhythm import round_half_up
+from attnrhythm.method.rhythm import round_half_up
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 VOCAB = 97

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.peaks import peaks
+from attnrhythm.method.peaks import peaks
 from attnrhythm.studies.couplings import COUPLINGS, PeakSpec, TraceSeries, coupling_parts, couplings
 from attnrhythm.studies.perturb import (
     STOPWORDS,

@@ -15,7 +15,6 @@ from hypothesis import strategies as st  # noqa: E402
 from verl.utils import tensordict_utils as tu  # noqa: E402
 from verl.workers.utils.padding import response_to_nested  # noqa: E402
 
-from attnrhythm.credit import shape_advantages  # noqa: E402
 from attnrhythm.errors import AttnRhythmError  # noqa: E402
 from attnrhythm.integrations.verl.layout import (  # noqa: E402
     nested_to_padded,
@@ -24,6 +23,7 @@ from attnrhythm.integrations.verl.layout import (  # noqa: E402
     response_layout,
 )
 from attnrhythm.integrations.verl.trainer import rhythm_metrics, shape_verl_advantages  # noqa: E402
+from attnrhythm.method.credit import shape_advantages  # noqa: E402
 
 
 def rows(lengths: list[tuple[int, int]], seed: int = 0) -> list[dict[str, torch.Tensor]]:

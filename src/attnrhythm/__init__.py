@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput, TraceResult, load_heads_file
-from attnrhythm.credit import STRATEGIES, CreditConfig, gamma, shape_advantages
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.generate import generate, make_trace
+from attnrhythm.method.credit import STRATEGIES, CreditConfig, gamma, shape_advantages
 from attnrhythm.records import read_inputs, read_records
 from attnrhythm.runner import GenerationConfig, analyze_items
 

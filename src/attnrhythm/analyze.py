@@ -18,9 +18,9 @@ from transformers import PreTrainedModel
 
 from attnrhythm.attention import capture as cap
 from attnrhythm.attention.sharding import full_parameters
-from attnrhythm.credit import STRATEGIES, CreditConfig, gamma
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.rhythm import (
+from attnrhythm.method.credit import STRATEGIES, CreditConfig, gamma
+from attnrhythm.method.rhythm import (
     HeadClasses,
     classify_heads,
     delta,

@@ -56,7 +56,7 @@ ChatOpt = typer.Option(True, "--chat/--no-chat", help="Wrap the prompt in the mo
 def _config(*, heads: Path | None, save_maps: str | None, tile_size: int | None, **values):
     """AnalysisConfig from the shared flags (credit flags go to CreditConfig)."""
     from attnrhythm.analyze import AnalysisConfig, load_heads_file
-    from attnrhythm.credit import CreditConfig
+    from attnrhythm.method.credit import CreditConfig
 
     fixed = heads_layers = None
     if heads is not None:

@@ -4,7 +4,7 @@ The panels are those of the HTML report (:mod:`attnrhythm.report`): the mean loc
 global-head attention maps of a response window (when the record carries them or a model
 recomputes them), the head picture d[l,h] with local / global / receiver heads marked, and
 the curves WAAD, Delta, FAI (global), FAI (receiver, when present) and entropy on one shared
-x-axis with their peaks (local maxima among the TopQ values, see :func:`attnrhythm.peaks.peaks`), the
+x-axis with their peaks (local maxima among the TopQ values, see :func:`attnrhythm.method.peaks.peaks`), the
 map window shaded and a rug of the roles below.
 
 >>> from attnrhythm.figure import trace_figure

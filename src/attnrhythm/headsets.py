@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.rhythm import HeadClasses, classify_heads
+from attnrhythm.method.rhythm import HeadClasses, classify_heads
 from attnrhythm.schema import record_floats
 
 FORMAT = "attnrhythm-heads"

@@ -13,7 +13,7 @@ shares and distributions across traces; ``#trace-I`` (I = 0-based position in th
   record's ``maps``, or recomputed with a model through :func:`attnrhythm.analyze.compute_maps`);
 - the head picture: span d[l,h] per analysed layer and head, local/global/receiver marked.
 
-**Peaks** (report, figure and studies alike: :func:`attnrhythm.peaks.peaks`): position t is a
+**Peaks** (report, figure and studies alike: :func:`attnrhythm.method.peaks.peaks`): position t is a
 peak of a curve x when x_t is defined, x_t is among the ceil(q * count) largest defined values
 (q = the record's ``credit.q``, METHOD.md's TopQ; ties at the threshold count), x_t > x_{t-1}
 and x_t >= x_{t+1} (an undefined or missing neighbour does not block). So peaks are the local
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.peaks import peaks
+from attnrhythm.method.peaks import peaks
 from attnrhythm.schema import SCHEMA_VERSION
 from attnrhythm.schema import parse_span as _parse_span
 

@@ -1,7 +1,7 @@
 """Table 2 of the paper: three couplings of the rhythm, each against a random baseline.
 
 Per problem (one analysed response; indices are response-relative) with peaks as defined in
-:mod:`attnrhythm.peaks` (``q`` and ``rule`` configurable; WAAD, FAI and receiver FAI use the
+:mod:`attnrhythm.method.peaks` (``q`` and ``rule`` configurable; WAAD, FAI and receiver FAI use the
 same definition):
 
 1. ``entropy_at_waad_peaks``: mean token entropy at WAAD peaks, against the mean entropy over
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.peaks import check_peak_spec, peaks
+from attnrhythm.method.peaks import check_peak_spec, peaks
 from attnrhythm.studies.statistics import RatioParts, random_subsets, summarise
 
 NULLS = ("shift", "uniform")
@@ -61,7 +61,7 @@ LABELS = {
 
 @dataclass
 class PeakSpec:
-    """The documented, configurable peak definition (see :mod:`attnrhythm.peaks`) and the lag of
+    """The documented, configurable peak definition (see :mod:`attnrhythm.method.peaks`) and the lag of
     coupling 3."""
 
     q: float = 0.4

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attnrhythm.analyze import AnalysisConfig, load_heads_file
-from attnrhythm.credit import STRATEGIES, CreditConfig
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.rhythm import parse_horizon
+from attnrhythm.method.credit import STRATEGIES, CreditConfig
+from attnrhythm.method.rhythm import parse_horizon
 
 CREDIT_FORWARDS: tuple[str, ...] = ("auto", "fused", "separate")
 
@@ -39,7 +39,7 @@ class RhythmCreditConfig:
         strategy: one of ``none``, ``random``, ``entropy``, ``local``, ``global``, ``coupled``
             (METHOD.md section 5). ``none`` is plain GRPO: no credit forward at all.
         q, amp, alpha, k, tau_waad, tau_delta, selection, seed: the fields of
-            :class:`~attnrhythm.credit.CreditConfig` (``selection="bottom"`` is the ablation;
+            :class:`~attnrhythm.method.credit.CreditConfig` (``selection="bottom"`` is the ablation;
             ``seed`` seeds the random baseline, which draws a fresh subset per sequence).
         layers, window, fai_horizon, head_quantile: the analysis parameters of
             :class:`~attnrhythm.analyze.AnalysisConfig` (METHOD.md sections 1-3).

@@ -79,8 +79,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from attnrhythm.analyze import Analyzer, TraceResult
-from attnrhythm.credit import shape_advantages
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.method.credit import shape_advantages
 from attnrhythm.train.config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
 from attnrhythm.train.shaping import (
     COUNT_KEYS,

@@ -29,7 +29,7 @@ import torch
 from attnrhythm.analyze import Analyzer, TraceInput, TraceResult
 from attnrhythm.attention.capture import capturing
 from attnrhythm.attention.sharding import agreed_count
-from attnrhythm.credit import CreditConfig, gamma
+from attnrhythm.method.credit import CreditConfig, gamma
 
 ROLE_NAMES: tuple[str, ...] = ("preplan", "anchor", "dominated", "intro")
 COUNT_KEYS: tuple[str, ...] = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)

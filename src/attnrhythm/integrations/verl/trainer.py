@@ -31,7 +31,6 @@ from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from attnrhythm.credit import shape_advantages
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.integrations.verl.worker import (
     COUNTS_FIELD,
@@ -40,6 +39,7 @@ from attnrhythm.integrations.verl.worker import (
     STEP_KEY,
     RhythmActorRolloutRefWorker,
 )
+from attnrhythm.method.credit import shape_advantages
 from attnrhythm.train.config import RhythmCreditConfig
 from attnrhythm.train.shaping import COUNT_KEYS, rhythm_metrics
 
@@ -71,7 +71,7 @@ def rhythm_settings(config: DictConfig | Mapping[str, Any]) -> RhythmCreditConfi
 def shape_verl_advantages(
     advantages: torch.Tensor, gamma: torch.Tensor, response_mask: torch.Tensor
 ) -> torch.Tensor:
-    """:func:`attnrhythm.credit.shape_advantages` on verl tensors, in their layout.
+    """:func:`attnrhythm.method.credit.shape_advantages` on verl tensors, in their layout.
 
     All three are (B, T) dense tensors or all three jagged nested tensors with the same row
     lengths (verl's no-padding layout); the result has the layout of ``advantages``.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.rhythm import Roles, find_roles, top_q
+from attnrhythm.method.rhythm import Roles, find_roles, top_q
 
 STRATEGIES: tuple[str, ...] = ("none", "local", "global", "coupled", "entropy", "random")
 
