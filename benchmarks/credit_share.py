@@ -52,9 +52,9 @@ def main() -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from attnrhythm.models import load_model
+    from attnrhythm.rollout.credit import credit_from_results, rollout_gamma
     from attnrhythm.train import RhythmCreditConfig, RhythmGRPOTrainer
     from attnrhythm.train.credit_trainer import _FusedBatch
-    from attnrhythm.train.shaping import credit_from_results, rollout_gamma
 
     prompts = [
         f"Compute {a} + {b}. Think step by step, then answer." for a in range(1, 9) for b in range(1, 9)

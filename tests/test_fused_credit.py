@@ -28,13 +28,13 @@ from transformers import AutoTokenizer  # noqa: E402
 from attnrhythm.analyze import Analyzer  # noqa: E402
 from attnrhythm.errors import AttnRhythmError  # noqa: E402
 from attnrhythm.method.credit import STRATEGIES  # noqa: E402
-from attnrhythm.train import RhythmCreditConfig  # noqa: E402
-from attnrhythm.train.shaping import (  # noqa: E402
+from attnrhythm.rollout.credit import (  # noqa: E402
     capturing_rollout,
     credit_from_results,
     rollout_gamma,
     rollout_traces,
 )
+from attnrhythm.train import RhythmCreditConfig  # noqa: E402
 
 pytestmark = [
     pytest.mark.embedded,

@@ -138,8 +138,8 @@ def _credit_worker(rank: int, port: int, out_dir: str) -> None:
     # a short timeout: a rank waiting for a forward the other never runs fails instead of hanging
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
     try:
+        from attnrhythm.rollout.credit import capturing_rollout, credit_from_results, rollout_gamma
         from attnrhythm.train import RhythmCreditConfig
-        from attnrhythm.train.shaping import capturing_rollout, credit_from_results, rollout_gamma
 
         rhythm = RhythmCreditConfig(strategy="coupled", fai_horizon=(2, 8), window=4, batch_size=2)
         batch = _rollouts(rank)

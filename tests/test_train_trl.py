@@ -21,9 +21,9 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from attnrhythm.analyze import Analyzer, TraceInput  # noqa: E402
 from attnrhythm.errors import AttnRhythmError  # noqa: E402
 from attnrhythm.method.credit import gamma  # noqa: E402
+from attnrhythm.rollout.credit import sequence_seed  # noqa: E402
 from attnrhythm.tasks import get_task  # noqa: E402
 from attnrhythm.train import RhythmCreditConfig, RhythmGRPOTrainer, task_reward_func  # noqa: E402
-from attnrhythm.train.shaping import sequence_seed  # noqa: E402
 
 pytestmark = [
     pytest.mark.embedded,

@@ -109,7 +109,7 @@ def check_rank(res: dict) -> None:
     # counts: this rank's totals in row 0
     for counts in (res["counts_nested"], res["counts_padded"]):
         assert torch.all(counts[1:] == 0)
-    from attnrhythm.train.shaping import COUNT_KEYS
+    from attnrhythm.rollout.credit import COUNT_KEYS
 
     expected = torch.tensor([res["reference_counts"][k] for k in COUNT_KEYS], dtype=torch.float64)
     torch.testing.assert_close(res["counts_nested"][0], expected)

@@ -110,8 +110,8 @@ def main(model_dir: str, out_file: str) -> None:
     from attnrhythm.analyze import Analyzer
     from attnrhythm.integrations.verl.layout import padded_rollout
     from attnrhythm.integrations.verl.worker import RhythmActorRolloutRefWorker
+    from attnrhythm.rollout.credit import rollout_gamma
     from attnrhythm.train.config import RhythmCreditConfig
-    from attnrhythm.train.shaping import rollout_gamma
 
     settings = RhythmCreditConfig(**SETTINGS)
     worker = RhythmActorRolloutRefWorker(config=compose_config(model_dir).actor_rollout_ref, role="actor")

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from attnrhythm.rollout.credit import ROLE_NAMES, RolloutCredit, rollout_gamma
 from attnrhythm.train.config import RhythmCreditConfig
 from attnrhythm.train.rewards import completion_text, task_reward_func
-from attnrhythm.train.shaping import ROLE_NAMES, RolloutCredit, rollout_gamma
 
 __all__ = [
     "ROLE_NAMES",

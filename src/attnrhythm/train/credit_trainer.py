@@ -81,14 +81,14 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from attnrhythm.analyze import Analyzer, TraceResult
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.method.credit import shape_advantages
-from attnrhythm.train.config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
-from attnrhythm.train.shaping import (
+from attnrhythm.rollout.credit import (
     COUNT_KEYS,
     capturing_rollout,
     credit_from_results,
     rhythm_metrics,
     rollout_gamma,
 )
+from attnrhythm.train.config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
 
 _IMAGE_KEYS = ("pixel_values", "image_grid_thw", "num_images")
 

@@ -23,7 +23,7 @@ from attnrhythm.integrations.verl.layout import (
     padded_to_nested,
     response_layout,
 )
-from attnrhythm.train.shaping import COUNT_KEYS, rhythm_metrics
+from attnrhythm.rollout.credit import COUNT_KEYS, rhythm_metrics
 
 __all__ = [
     "COUNT_KEYS",

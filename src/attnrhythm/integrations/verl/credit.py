@@ -1,7 +1,7 @@
 """Rhythm credit of a rollout batch from the live actor module of a verl worker.
 
 :func:`batch_credit` reads a verl batch (either layout, :mod:`.layout`), runs
-:func:`attnrhythm.train.shaping.rollout_gamma` on the actor's own module and returns gamma in the
+:func:`attnrhythm.rollout.credit.rollout_gamma` on the actor's own module and returns gamma in the
 batch's layout. Two things make that safe inside verl's FSDP engine:
 
 * **Lockstep forwards.** Under FSDP2 every forward all-gathers parameters, so every rank must run
@@ -27,8 +27,8 @@ import torch
 
 from attnrhythm.analyze import Analyzer
 from attnrhythm.integrations.verl.layout import padded_rollout, response_layout
+from attnrhythm.rollout.credit import COUNT_KEYS, rollout_gamma
 from attnrhythm.train.config import RhythmCreditConfig
-from attnrhythm.train.shaping import COUNT_KEYS, rollout_gamma
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from attnrhythm.errors import AttnRhythmError
 
 @dataclass
 class PaddedRollout:
-    """A rollout batch on the grid of :func:`attnrhythm.train.shaping.rollout_gamma`.
+    """A rollout batch on the grid of :func:`attnrhythm.rollout.credit.rollout_gamma`.
 
     ``prompt_ids``/``prompt_mask`` (B, P) left-padded, ``completion_ids``/``completion_mask`` (B, T)
     right-padded (the mask marks every real response token), ``loss_mask`` (B, T) verl's

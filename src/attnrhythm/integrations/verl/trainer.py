@@ -40,8 +40,8 @@ from attnrhythm.integrations.verl.worker import (
     RhythmActorRolloutRefWorker,
 )
 from attnrhythm.method.credit import shape_advantages
+from attnrhythm.rollout.credit import COUNT_KEYS, rhythm_metrics
 from attnrhythm.train.config import RhythmCreditConfig
-from attnrhythm.train.shaping import COUNT_KEYS, rhythm_metrics
 
 MODE = "rhythm_grpo"
 # keys of the mode's section that verl itself reads (PPOTrainer: trainer.v1.<mode>.parameter_sync_step)

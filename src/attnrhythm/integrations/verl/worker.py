@@ -18,8 +18,8 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.integrations.verl.credit import batch_credit
+from attnrhythm.rollout.credit import COUNT_KEYS
 from attnrhythm.train.config import RhythmCreditConfig
-from attnrhythm.train.shaping import COUNT_KEYS
 
 SETTINGS_KEY = "rhythm_credit"  # non-tensor entry of the batch: the RhythmCreditConfig fields
 STEP_KEY = "rhythm_step"  # non-tensor entry of the batch: the trainer's global step
@@ -46,7 +46,7 @@ class RhythmActorRolloutRefWorker(ActorRolloutRefWorker):
         the padded layout) and the non-tensor entries ``rhythm_credit`` (a dict of
         :class:`RhythmCreditConfig` fields) and ``rhythm_step``. Returns ``rhythm_gamma``, laid out
         like ``responses`` (nested or padded), and ``rhythm_counts`` (B, K): this rank's token
-        counts (:data:`~attnrhythm.train.shaping.COUNT_KEYS`) in its first row, so the
+        counts (:data:`~attnrhythm.rollout.credit.COUNT_KEYS`) in its first row, so the
         sum over a batch's rows is the batch's total. Every actor rank must take part.
         """
         if self.actor is None:
