@@ -10,7 +10,7 @@ from cli_helpers import one_error_line, run, save_tiny_llama
 from rich.console import Console
 from test_report import make_record
 
-from attnrhythm.demo import legend, response_text, role_marks, show, token_style
+from attnrhythm.views.demo import legend, response_text, role_marks, show, token_style
 
 
 def _console(color: bool) -> Console:

@@ -15,7 +15,7 @@ from attnrhythm.errors import AttnRhythmError
 from attnrhythm.headsets import corpus_heads, read_heads_file, write_heads_file
 from attnrhythm.method.rhythm import classify_heads
 from attnrhythm.records import iter_jsonl
-from attnrhythm.report import corpus_payload, render_html
+from attnrhythm.views.report import corpus_payload, render_html
 
 PROMPT = "Tom has 3 boxes of 12 apples and gives away 10. How many are left?"
 RESPONSE = "3 boxes times 12 apples is 36 apples. 36 minus 10 is 26. The answer is 26."

@@ -10,7 +10,7 @@ import pytest
 from test_report import make_record
 
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.report import Report, iframe
+from attnrhythm.views.report import Report, iframe
 
 
 def _inner(fragment: str) -> str:

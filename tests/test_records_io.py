@@ -59,7 +59,7 @@ def test_maps_keep_small_values():
 def test_old_six_decimal_records_still_load(tmp_path):
     from test_report import make_record
 
-    from attnrhythm.report import render_html
+    from attnrhythm.views.report import render_html
 
     record = make_record(20)
     record["metrics"]["fai"] = [None if v is None else round(v, 6) for v in record["metrics"]["fai"]]

@@ -13,7 +13,7 @@ import pytest
 from cli_helpers import one_error_line, run
 
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.report import (
+from attnrhythm.views.report import (
     _encode_map,
     _num,
     check_record,
@@ -249,7 +249,7 @@ def test_bad_span_spec(spec, needle):
 def test_trace_figure_returns_a_figure(tmp_path):
     from matplotlib.figure import Figure
 
-    from attnrhythm.figure import trace_figure
+    from attnrhythm.views.figure import trace_figure
 
     fig = trace_figure(make_record(70))
     assert isinstance(fig, Figure)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from attnrhythm.report import write_report
+from attnrhythm.views.report import write_report
 
 CHROMIUM_ARGS = [
     "--headless",

@@ -148,8 +148,8 @@ class TraceResult:
     tokenizer: Any = field(default=None, repr=False, compare=False)  # for tokens in to_record / notebooks
 
     def _repr_html_(self) -> str:
-        """Jupyter: this trace's self-contained report inline (see :class:`attnrhythm.report.Report`)."""
-        from attnrhythm.report import Report
+        """Jupyter: this trace's self-contained report inline (:class:`~attnrhythm.views.report.Report`)."""
+        from attnrhythm.views.report import Report
 
         return Report([self])._repr_html_()
 

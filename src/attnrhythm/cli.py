@@ -184,7 +184,7 @@ def analyze(
     console.print(f"wrote {summary.written} record(s) to {out}{resumed}", highlight=False)
     if report is not None and out.exists():
         from attnrhythm.records import read_records
-        from attnrhythm.report import write_report
+        from attnrhythm.views.report import write_report
 
         write_report(read_records(out), report, span=save_maps)
         console.print(f"report: {report}", highlight=False)
@@ -216,10 +216,10 @@ def demo(
     import hashlib
 
     from attnrhythm.analyze import AnalysisConfig
-    from attnrhythm.demo import PROBLEMS, show
     from attnrhythm.records import InputItem, iter_jsonl
-    from attnrhythm.report import write_report
     from attnrhythm.runner import GenerationConfig, analyze_items
+    from attnrhythm.views.demo import PROBLEMS, show
+    from attnrhythm.views.report import write_report
 
     if not 1 <= n <= len(PROBLEMS):
         raise AttnRhythmError(f"bad --n {n}: the demo has {len(PROBLEMS)} problems, pick 1..{len(PROBLEMS)}")
@@ -287,7 +287,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML report (no network needed): index, curves, tokens, maps, heads."""
     from attnrhythm.headsets import load_corpus_heads
-    from attnrhythm.report import load_records, parse_span, render_html, write_page
+    from attnrhythm.views.report import load_records, parse_span, render_html, write_page
 
     recs = load_records(records)
     parse_span(span)  # a bad span fails before a model is loaded
@@ -320,8 +320,8 @@ def figure(
     dpi: int = typer.Option(200, "--dpi", help="Resolution of a .png."),
 ) -> None:
     """Render one trace as a static figure (matplotlib): maps, curves with peaks, head picture."""
-    from attnrhythm.figure import check_out, parse_range, pick, trace_figure
-    from attnrhythm.report import load_records, parse_span
+    from attnrhythm.views.figure import check_out, parse_range, pick, trace_figure
+    from attnrhythm.views.report import load_records, parse_span
 
     check_out(out)
     if dpi < 10:

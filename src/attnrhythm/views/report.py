@@ -654,7 +654,7 @@ def _json_block(data: Any) -> str:
 
 
 def _asset(name: str) -> str:
-    return resources.files("attnrhythm").joinpath("report_assets", name).read_text(encoding="utf-8")
+    return resources.files("attnrhythm.views").joinpath("report_assets", name).read_text(encoding="utf-8")
 
 
 def render_html(
@@ -732,7 +732,7 @@ def write_page(page: str, out: str | Path) -> Path:
 class Report:
     """The report of some records, shown inline by Jupyter (``_repr_html_``) or saved.
 
-    >>> from attnrhythm.report import Report
+    >>> from attnrhythm.views.report import Report
     >>> Report("r.jsonl")                      # the last expression of a cell renders the report
     >>> Report([result1, result2], tokenizer=tok, height=900).save("report.html")
 

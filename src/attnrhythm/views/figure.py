@@ -1,13 +1,13 @@
 """``attnrhythm figure``: a static, paper-ready picture of one trace (matplotlib, Agg).
 
-The panels are those of the HTML report (:mod:`attnrhythm.report`): the mean local-head and
+The panels are those of the HTML report (:mod:`attnrhythm.views.report`): the mean local-head and
 global-head attention maps of a response window (when the record carries them or a model
 recomputes them), the head picture d[l,h] with local / global / receiver heads marked, and
 the curves WAAD, Delta, FAI (global), FAI (receiver, when present) and entropy on one shared
 x-axis with their peaks (local maxima among the TopQ values, see :func:`attnrhythm.method.peaks.peaks`), the
 map window shaded and a rug of the roles below.
 
->>> from attnrhythm.figure import trace_figure
+>>> from attnrhythm.views.figure import trace_figure
 >>> fig = trace_figure(record)            # a matplotlib.figure.Figure (no pyplot state)
 >>> fig.savefig("trace.pdf")
 """
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.report import (
+from attnrhythm.views.report import (
     ROLES,
     SERIES,
     check_record,
