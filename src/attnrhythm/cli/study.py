@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from attnrhythm.cli import options as cli
 from attnrhythm.errors import AttnRhythmError
 
 study_app = typer.Typer(
@@ -35,12 +36,6 @@ HeadsOpt = typer.Option(
 )
 
 
-def _opts():
-    from attnrhythm import cli
-
-    return cli
-
-
 def _prepare(
     *, model, device, problems, n, temperature, seed, max_new_tokens, batch_size, chat, records, out,
     layers, window, fai_horizon, head_quantile, proximity, receivers, need_model, heads=None,
@@ -56,7 +51,6 @@ def _prepare(
         sampling_settings,
     )
 
-    cli = _opts()
     if heads is not None and records is not None:
         raise AttnRhythmError(
             "--heads applies to responses the study analyses, and --records were analysed already: "
@@ -88,12 +82,12 @@ def _prepare(
             raise AttnRhythmError(f"{records} has no records: pass a JSONL written by attnrhythm analyze")
         check_records(recs, records)
         if need_model:
-            lm, tokenizer = cli._load(model, device)
+            lm, tokenizer = cli.load(model, device)
         meta = run_meta(model if need_model else "from records", None, recs)
         meta.update(records=str(records), **sampling_settings(Path(records).parent))
         return lm, tokenizer, recs, meta
-    lm, tokenizer = cli._load(model, device)
-    with cli._progress() as progress:
+    lm, tokenizer = cli.load(model, device)
+    with cli.progress() as progress:
         tasks: dict[str, int] = {}
 
         def update(label: str, done: int, total: int) -> None:
@@ -111,15 +105,15 @@ def _prepare(
 
 @study_app.command()
 def couplings(
-    model: str = _opts().ModelOpt,
-    device: str = _opts().DeviceOpt,
+    model: str = cli.ModelOpt,
+    device: str = cli.DeviceOpt,
     problems: str = ProblemsOpt,
     n: int = NOpt,
     temperature: float = TempOpt,
     seed: int = SeedOpt,
     max_new_tokens: int = MaxNewOpt,
     batch_size: int = BatchOpt,
-    chat: bool = _opts().ChatOpt,
+    chat: bool = cli.ChatOpt,
     records: Path = RecordsOpt,
     out: Path = typer.Option(Path("study-couplings"), "--out", "-o", help="Output directory (resumes)."),
     peak_q: float = typer.Option(0.4, "--peak-q", help="Peaks lie among the top q of a curve's values."),
@@ -132,10 +126,10 @@ def couplings(
     ),
     permutations: int = typer.Option(2000, "--permutations", help="Permutations for the p-values."),
     bootstrap: int = BootOpt,
-    layers: str = _opts().LayersOpt,
-    window: int = _opts().WindowOpt,
-    fai_horizon: str = _opts().HorizonOpt,
-    head_quantile: float = _opts().QuantileOpt,
+    layers: str = cli.LayersOpt,
+    window: int = cli.WindowOpt,
+    fai_horizon: str = cli.HorizonOpt,
+    head_quantile: float = cli.QuantileOpt,
     proximity: int = typer.Option(4, "--proximity", help="Receiver heads: count attention from >= this far."),
     receivers: int = typer.Option(None, "--receivers", help="Receiver heads (default: as many as global)."),
     heads: Path = HeadsOpt,
@@ -144,7 +138,6 @@ def couplings(
     from attnrhythm.studies.couplings import COUPLINGS, PeakSpec
     from attnrhythm.studies.run import run_couplings
 
-    cli = _opts()
     spec = PeakSpec(q=peak_q, rule=peak_rule, lag=lag, null=null)
     if permutations < 0 or bootstrap < 0:
         raise AttnRhythmError("bad --permutations/--bootstrap: they must be >= 0")
@@ -168,7 +161,6 @@ def couplings(
 def _table(results, names) -> None:
     from rich.table import Table
 
-    cli = _opts()
     table = Table(title=f"Rhythm couplings (n = {results['problems']} responses)")
     for col in ("coupling", "observed", "random", "lift [95% CI]", "p", "paper lift"):
         table.add_column(col, justify="left" if col == "coupling" else "right")
@@ -189,15 +181,15 @@ def _table(results, names) -> None:
 
 @study_app.command()
 def perturb(
-    model: str = _opts().ModelOpt,
-    device: str = _opts().DeviceOpt,
+    model: str = cli.ModelOpt,
+    device: str = cli.DeviceOpt,
     problems: str = ProblemsOpt,
     n: int = NOpt,
     temperature: float = TempOpt,
     seed: int = SeedOpt,
     max_new_tokens: int = MaxNewOpt,
     batch_size: int = BatchOpt,
-    chat: bool = _opts().ChatOpt,
+    chat: bool = cli.ChatOpt,
     records: Path = RecordsOpt,
     out: Path = typer.Option(Path("study-perturb"), "--out", "-o", help="Output directory (reruns resume)."),
     top_k: int = typer.Option(3, "--top-k", help="Alternative next tokens forced at each position."),
@@ -207,17 +199,16 @@ def perturb(
         "greedy", "--reference", help="greedy (greedy continuation of the original token) or sampled."
     ),
     bootstrap: int = BootOpt,
-    layers: str = _opts().LayersOpt,
-    window: int = _opts().WindowOpt,
-    fai_horizon: str = _opts().HorizonOpt,
-    head_quantile: float = _opts().QuantileOpt,
+    layers: str = cli.LayersOpt,
+    window: int = cli.WindowOpt,
+    fai_horizon: str = cli.HorizonOpt,
+    head_quantile: float = cli.QuantileOpt,
     heads: Path = HeadsOpt,
 ) -> None:
     """Table 1: force the top-k alternatives at a high- and a low-FAI position, compare continuations."""
     from attnrhythm.studies.perturb import PerturbConfig
     from attnrhythm.studies.run import run_perturb
 
-    cli = _opts()
     config = PerturbConfig(top_k=top_k, horizon=horizon, margin=margin, reference=reference)
     if bootstrap < 0:
         raise AttnRhythmError(f"bad --bootstrap {bootstrap}: it must be >= 0")
@@ -228,7 +219,7 @@ def perturb(
         layers=layers, window=window, fai_horizon=fai_horizon, head_quantile=head_quantile,
         proximity=4, receivers=None, need_model=True, heads=heads,
     )  # fmt: skip
-    with cli._progress() as progress:
+    with cli.progress() as progress:
         task = progress.add_task("perturbing", total=len(recs))
         results = run_perturb(
             lm, tokenizer, recs, out, config=config, bootstrap=bootstrap, seed=seed, run=meta,
