@@ -19,27 +19,11 @@ import pytest
 
 pytest.importorskip("verl")
 import torch  # noqa: E402
+from verl_models import tiny_model  # noqa: E402
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
 TIMEOUT_S = 420
-
-
-def tiny_model(path: Path) -> Path:
-    """A tiny random Llama with a word-level tokenizer (verl's model config loads both)."""
-    from tiny_llama import tiny_llama
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, **{f"w{i}": i for i in range(1, 97)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="w1", bos_token="w2"
-    )
-    tiny_llama(0, pad_token_id=0, eos_token_id=1, bos_token_id=2).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +90,14 @@ def check_rank(res: dict) -> None:
     torch.testing.assert_close(res["gamma_padded"], ref, rtol=0, atol=0)
     # the credit is not trivial, and rows outside the loss (tool output) keep gamma = 1
     assert (ref > 1).any()
-    # counts: this rank's totals in row 0
-    for counts in (res["counts_nested"], res["counts_padded"]):
-        assert torch.all(counts[1:] == 0)
+    # counts: one row per sequence, summing to the reference's totals
     from attnrhythm.rollout.credit import COUNT_KEYS
 
     expected = torch.tensor([res["reference_counts"][k] for k in COUNT_KEYS], dtype=torch.float64)
-    torch.testing.assert_close(res["counts_nested"][0], expected)
+    for counts in (res["counts_nested"], res["counts_padded"]):
+        assert counts.shape == (len(lengths), len(COUNT_KEYS))
+        assert torch.all(counts[:, COUNT_KEYS.index("sequences")] == 1)
+        torch.testing.assert_close(counts.sum(0), expected)
     # verl's own forward is unchanged (the attention implementation was restored)
     assert res["attn"][0] == res["attn"][1] == "sdpa"
     torch.testing.assert_close(res["log_probs_after"], res["log_probs_before"], rtol=0, atol=0)

@@ -28,6 +28,17 @@ def verl_config(*overrides: str):
         return compose("ppo_trainer", overrides=list(overrides))
 
 
+def _fresh_verl(code: str) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ,
+        VERL_USE_EXTERNAL_PLUGINS="none",
+        VERL_USE_EXTERNAL_MODULES="attnrhythm.integrations.verl.plugin",
+        PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_mode_is_registered_with_verl():
     from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls
 
@@ -44,14 +55,7 @@ def test_plugin_entry_point_targets_the_plugin_module():
 def test_external_modules_variable_registers_the_mode_in_a_fresh_process():
     # entry points off: only VERL_USE_EXTERNAL_MODULES loads the plugin, as verl does in each worker
     code = f"from verl.trainer.ppo.v1 import get_trainer_cls; print(get_trainer_cls({MODE!r}).__name__)"
-    env = dict(
-        os.environ,
-        VERL_USE_EXTERNAL_PLUGINS="none",
-        VERL_USE_EXTERNAL_MODULES="attnrhythm.integrations.verl.plugin",
-        PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-        OMP_NUM_THREADS="1",
-    )
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    done = _fresh_verl(code)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "RhythmPPOTrainer"
 
@@ -107,3 +111,30 @@ def test_example_config_composes_to_the_rhythm_mode():
     # verl's own defaults are still there under the example's values
     actor = config.actor_rollout_ref.actor
     assert actor.strategy == "fsdp2" and "ppo_epochs" in actor
+
+
+def test_importing_verl_leaves_the_trainer_stack_unloaded():
+    # the plugin registers the mode only when verl's trainer package loads
+    code = (
+        "import sys, verl\n"
+        "print('attnrhythm.integrations.verl.plugin' in sys.modules, "
+        "'verl.trainer.ppo.v1' in sys.modules, 'attnrhythm.integrations.verl.worker' in sys.modules)\n"
+        f"from verl.trainer.ppo.v1 import get_trainer_cls\nprint(get_trainer_cls({MODE!r}).__name__)"
+    )
+    done = _fresh_verl(code)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-2:] == ["True False False", "RhythmPPOTrainer"]
+
+
+def test_a_plugin_that_cannot_import_says_why_in_one_line():
+    # the worker module made unimportable: verl would only say "Unknown trainer"
+    code = (
+        "import sys\nsys.modules['attnrhythm.integrations.verl.worker'] = None\nimport verl\n"
+        f"from verl.trainer.ppo.v1 import get_trainer_cls\ntry:\n    get_trainer_cls({MODE!r})(None)\n"
+        "except Exception as error:\n    print(type(error).__name__, '|', error)"
+    )
+    done = _fresh_verl(code)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("AttnRhythmError | trainer_mode=rhythm_grpo needs attnrhythm's verl plugin")
+    assert "ModuleNotFoundError" in line or "ImportError" in line

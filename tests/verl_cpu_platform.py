@@ -88,7 +88,9 @@ class PlatformCPU(PlatformBase):
         return None
 
     def ray_resource_name(self) -> str:
-        return "CPU"
+        # verl's resource pools count accelerators under this name: tests start Ray with logical
+        # GPUs (ray.init(num_gpus=N)), one per actor rank, though every rank computes on the CPU
+        return "GPU"
 
     def ray_noset_envvars(self) -> list[str]:
         return []

@@ -63,10 +63,13 @@ class RolloutCredit:
 
     ``counts`` holds sums over the tokens of ``loss_mask``: ``tokens``, ``gamma_sum``,
     ``amplified`` (gamma > 1) and one entry per role; ``sequences``/``analysed`` count rows.
+    ``row_counts`` (B, len(COUNT_KEYS)) float64 holds the same counts row by row, in the order of
+    :data:`COUNT_KEYS`, for engines that drop rows (verl's filler rows) before summing.
     """
 
     gamma: torch.Tensor  # (B, T) float32, 1 where no credit applies
     counts: dict[str, float] = field(default_factory=dict)
+    row_counts: torch.Tensor | None = None
 
 
 def sequence_seed(base: int, step: int, rank: int, index: int) -> int:
@@ -201,7 +204,29 @@ def credit_from_results(
     out = torch.where(lm, out, torch.ones_like(out))  # masked positions: no credit
     counts["gamma_sum"] = float(out[lm].sum())
     counts["amplified"] = float((out[lm] > 1).sum())
-    return RolloutCredit(gamma=out.to(completion_ids.device), counts=counts)
+    rows = row_counts(out, lm, results)
+    return RolloutCredit(gamma=out.to(completion_ids.device), counts=counts, row_counts=rows)
+
+
+def row_counts(
+    gamma_grid: torch.Tensor, loss_mask: torch.Tensor, results: list[tuple[int, TraceResult]]
+) -> torch.Tensor:
+    """(B, len(COUNT_KEYS)) float64: the counts of :class:`RolloutCredit` row by row."""
+    lm = loss_mask.bool()
+    masked = torch.where(lm, gamma_grid, torch.zeros_like(gamma_grid)).double()
+    rows = torch.zeros(gamma_grid.shape[0], len(COUNT_KEYS), dtype=torch.float64)
+    column = {key: i for i, key in enumerate(COUNT_KEYS)}
+    rows[:, column["sequences"]] = 1.0
+    rows[:, column["tokens"]] = lm.sum(-1).double()
+    rows[:, column["gamma_sum"]] = masked.sum(-1)
+    rows[:, column["amplified"]] = ((gamma_grid > 1) & lm).sum(-1).double()
+    for b, res in results:
+        rows[b, column["analysed"]] = 1.0
+        for name in ROLE_NAMES:
+            idx = [t for t in getattr(res.roles, name) if t < lm.shape[1]]
+            if idx:
+                rows[b, column[name]] = float(lm[b, torch.tensor(idx, dtype=torch.long)].sum())
+    return rows
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 
 from attnrhythm.analyze import Analyzer
 from attnrhythm.integrations.verl.layout import padded_rollout, response_layout
-from attnrhythm.rollout.credit import COUNT_KEYS, rollout_gamma
+from attnrhythm.rollout.credit import rollout_gamma
 from attnrhythm.train.config import RhythmCreditConfig
 
 
@@ -50,15 +50,16 @@ def batch_credit(
     *,
     step: int = 0,
     rank: int = 0,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """gamma for a verl rollout batch (laid out like its ``responses``) and the token counts.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """gamma for a verl rollout batch (laid out like its ``responses``) and its counts row by row.
 
     ``model`` is the current policy as verl's engine holds it (a transformers causal LM, possibly
     sharded with FSDP2); ``data`` has ``prompts``, ``responses``, ``response_mask`` and, in the
     padded layout, ``attention_mask``. Positions outside ``response_mask`` (padding, tool output)
     keep gamma = 1. ``step``/``rank`` vary the random baseline's subsets. Every rank of the process
-    group must call this together (``rollout_gamma`` agrees on the number of forwards);
-    ``counts`` has :data:`COUNT_KEYS`.
+    group must call this together (``rollout_gamma`` agrees on the number of forwards). The counts
+    are (B, len(COUNT_KEYS)) float64, one row per sequence (:attr:`RolloutCredit.row_counts`), so the
+    trainer can leave verl's filler rows out of the logged metrics.
     """
     rollout = padded_rollout(data)
     args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
@@ -70,5 +71,4 @@ def batch_credit(
     else:
         with streaming_analyzer(model, settings) as analyzer:
             credit = rollout_gamma(analyzer, settings.strategy, *args, rollout.loss_mask, **kwargs)
-    counts = {key: float(credit.counts.get(key, 0.0)) for key in COUNT_KEYS}
-    return response_layout(credit.gamma, rollout), counts
+    return response_layout(credit.gamma, rollout), credit.row_counts

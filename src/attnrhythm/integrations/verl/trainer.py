@@ -90,14 +90,56 @@ def shape_verl_advantages(
     return torch.nested.nested_tensor_from_jagged(flat[0].contiguous(), offsets=offsets)
 
 
+def count_rows(counts: torch.Tensor) -> torch.Tensor:
+    """The (B, K) per-row counts as a dense tensor (TransferQueue hands them back nested)."""
+    if counts.is_nested:
+        return torch.stack([row.reshape(-1) for row in counts.unbind()])
+    return counts
+
+
+def batch_totals(counts: torch.Tensor, tags: list[dict[str, Any]]) -> dict[str, float]:
+    """:data:`COUNT_KEYS` totals over the rows that are real rollouts (verl's filler rows left out).
+
+    ``counts`` (B, K) holds each row's counts; ``tags`` are the batch's TransferQueue tags, where
+    verl marks the rows it adds to pad a batch to a multiple of the data-parallel size with
+    ``is_padding``.
+    """
+    rows = count_rows(counts).to(torch.float64)
+    if rows.shape != (len(tags), len(COUNT_KEYS)):
+        raise AttnRhythmError(
+            f"rhythm counts of shape {tuple(rows.shape)} do not match a batch of {len(tags)} rows"
+        )
+    keep = torch.tensor([not tag.get("is_padding", False) for tag in tags], dtype=torch.bool)
+    return dict(zip(COUNT_KEYS, rows[keep].sum(0).tolist()))
+
+
 @register_trainer(MODE)
 class RhythmPPOTrainer(PPOTrainerSync):
-    """verl's synchronous PPO trainer with attention-rhythm credit on the token advantages."""
+    """verl's synchronous PPO trainer with attention-rhythm credit on the token advantages.
+
+    verl decides several things by the trainer's mode name (``trainer_mode == "sync"``: the replay
+    buffer that keeps failed groups, the dataloader's ``gen_batch_size``, no TransferQueue state in
+    checkpoints, no in-flight prompts re-issued on resume). This mode is the sync trainer in every
+    one of them: :attr:`trainer_mode` reads ``"sync"``, while ``config.trainer.v1.trainer_mode``
+    stays ``rhythm_grpo`` and the mode's own section (``trainer.v1.rhythm_grpo``) holds its settings,
+    ``parameter_sync_step`` included.
+    """
 
     def __init__(self, config: DictConfig) -> None:
         self.rhythm = rhythm_settings(config)  # a bad setting fails before any worker starts
         super().__init__(config)
+        section = OmegaConf.select(config, f"trainer.v1.{MODE}", default=None) or {}
+        self.parameter_sync_step = section.get("parameter_sync_step", 1)
         self._rhythm_seconds = 0.0
+
+    @property
+    def trainer_mode(self) -> str:
+        """``"sync"``: verl's decisions by mode name are the synchronous trainer's."""
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:
+        self.configured_mode = value  # what the config asked for (rhythm_grpo)
 
     def _init_resource_pool_mgr(self) -> None:
         super()._init_resource_pool_mgr()
@@ -123,6 +165,14 @@ class RhythmPPOTrainer(PPOTrainerSync):
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._compute_advantage(batch, metrics)
+        return self._shape_advantages(batch, metrics)
+
+    def _shape_advantages(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """GRPO's advantages in the TransferQueue become ``gamma * A`` where ``A >= 0``.
+
+        Everything is computed before the one write back, so an error leaves the batch as verl's
+        estimator wrote it (no half-shaped step); the ``rhythm/*`` metrics count real rollouts only.
+        """
         if self.rhythm.strategy == "none":
             metrics.update(rhythm_metrics({}, 0.0))  # plain GRPO: gamma = 1, nothing amplified
             return batch
@@ -132,11 +182,11 @@ class RhythmPPOTrainer(PPOTrainerSync):
             select_fields=["advantages", "response_mask", GAMMA_FIELD, COUNTS_FIELD],
         )
         shaped = shape_verl_advantages(data["advantages"], data[GAMMA_FIELD], data["response_mask"])
+        logged = rhythm_metrics(batch_totals(data[COUNTS_FIELD], batch.tags), self._rhythm_seconds)
         batch = tq.kv_batch_put(
             keys=batch.keys,
             partition_id=batch.partition_id,
             fields=TensorDict({"advantages": shaped}, batch_size=len(batch)),
         )
-        totals = dict(zip(COUNT_KEYS, data[COUNTS_FIELD].sum(0).tolist()))
-        metrics.update(rhythm_metrics(totals, self._rhythm_seconds))
+        metrics.update(logged)
         return batch

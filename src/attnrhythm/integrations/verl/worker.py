@@ -10,7 +10,6 @@ for the forward), and the outputs go back to the TransferQueue under the batch's
 
 from __future__ import annotations
 
-import torch
 from tensordict import TensorDict
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
@@ -18,21 +17,12 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.integrations.verl.credit import batch_credit
-from attnrhythm.rollout.credit import COUNT_KEYS
 from attnrhythm.train.config import RhythmCreditConfig
 
 SETTINGS_KEY = "rhythm_credit"  # non-tensor entry of the batch: the RhythmCreditConfig fields
 STEP_KEY = "rhythm_step"  # non-tensor entry of the batch: the trainer's global step
 GAMMA_FIELD = "rhythm_gamma"
 COUNTS_FIELD = "rhythm_counts"
-
-
-def counts_rows(counts: dict[str, float], rows: int) -> torch.Tensor:
-    """(rows, len(COUNT_KEYS)) float64: this rank's totals in row 0, zeros below (sum = totals)."""
-    out = torch.zeros(rows, len(COUNT_KEYS), dtype=torch.float64)
-    if rows:
-        out[0] = torch.tensor([counts[key] for key in COUNT_KEYS], dtype=torch.float64)
-    return out
 
 
 class RhythmActorRolloutRefWorker(ActorRolloutRefWorker):
@@ -45,9 +35,9 @@ class RhythmActorRolloutRefWorker(ActorRolloutRefWorker):
         ``data`` carries ``prompts``, ``responses``, ``response_mask`` (plus ``attention_mask`` in
         the padded layout) and the non-tensor entries ``rhythm_credit`` (a dict of
         :class:`RhythmCreditConfig` fields) and ``rhythm_step``. Returns ``rhythm_gamma``, laid out
-        like ``responses`` (nested or padded), and ``rhythm_counts`` (B, K): this rank's token
-        counts (:data:`~attnrhythm.rollout.credit.COUNT_KEYS`) in its first row, so the
-        sum over a batch's rows is the batch's total. Every actor rank must take part.
+        like ``responses`` (nested or padded), and ``rhythm_counts`` (B, K): each row's token
+        counts (:data:`~attnrhythm.rollout.credit.COUNT_KEYS`), so the trainer sums the rows it
+        keeps (verl's filler rows left out). Every actor rank must take part.
         """
         if self.actor is None:
             raise AttnRhythmError(f"rhythm credit needs the actor, but this worker's role is {self.role!r}")
@@ -61,4 +51,4 @@ class RhythmActorRolloutRefWorker(ActorRolloutRefWorker):
         if not engine.is_mp_src_rank_with_outputs():
             return None
         rows = data.batch_size[0]
-        return TensorDict({GAMMA_FIELD: gamma, COUNTS_FIELD: counts_rows(counts, rows)}, batch_size=[rows])
+        return TensorDict({GAMMA_FIELD: gamma, COUNTS_FIELD: counts}, batch_size=[rows])
