@@ -51,6 +51,7 @@ class WrittenRolloutLoop(AgentLoopBase):
         index = int(kwargs["index"])
         session = int(kwargs["session_id"])
         rollout = written_rollout(index, session)
+        version = int(kwargs["global_steps"])
         return AgentLoopOutput(
             prompt_ids=rollout["prompt_ids"],
             response_ids=rollout["response_ids"],
@@ -59,5 +60,5 @@ class WrittenRolloutLoop(AgentLoopBase):
             num_turns=3 if (index, session) in TOOL else 2,
             metrics=AgentLoopMetrics(),
             # the weights' version that "generated" it, as verl's server client records it
-            extra_fields={"min_global_steps": int(kwargs["global_steps"]), "max_global_steps": int(kwargs["global_steps"])},
+            extra_fields={"min_global_steps": version, "max_global_steps": version},
         )
