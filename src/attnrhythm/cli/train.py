@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         credit_forward: str = typer.Option(
             None,
             "--credit-forward",
-            help="auto, fused (captured in TRL's old-logprob forward; needs --num-iterations > 1), separate.",
+            help="auto, fused (captured in a forward TRL runs anyway: old-logprob or loss), separate.",
         ),
         num_iterations: int = typer.Option(
             None, "--num-iterations", help="Optimiser passes over each rollout batch (TRL's num_iterations)."

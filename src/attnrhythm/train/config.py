@@ -24,13 +24,6 @@ def trl_runs_old_logps_forward(
     return gradient_accumulation_steps % (steps_per_generation * num_iterations) != 0 or vllm_is
 
 
-FUSED_NEEDS_OLD_LOGPS = (
-    "credit_forward 'fused' needs TRL's old-logprob forward, which these settings skip (num_iterations "
-    "is 1 and gradient accumulation divides the generation period): use 'auto' or 'separate', or "
-    "num_iterations > 1"
-)
-
-
 @dataclass
 class RhythmCreditConfig:
     """How :class:`RhythmGRPOTrainer` turns a policy's attention into per-token credit.
@@ -48,12 +41,14 @@ class RhythmCreditConfig:
         tile_size, logits_chunk: memory knobs of the streaming capture.
         batch_size: sequences per credit forward pass (the batch is cut into chunks of this size).
         credit_forward: where the attention statistics come from. ``separate``: one extra no-grad
-            forward of the policy per rollout batch. ``fused``: captured inside the no-grad forward
-            TRL itself runs for ``old_per_token_logps`` (when ``num_iterations > 1``, when gradient
-            accumulation does not divide the generation period, or with vLLM importance-sampling
-            correction), so no extra forward; an error when TRL runs no such forward or for the
-            ``entropy`` strategy (its entropy needs the untempered logits of its own forward).
-            ``auto`` (default): ``fused`` where possible, else ``separate``.
+            forward of the policy per rollout batch. ``fused``: captured inside a forward TRL runs
+            anyway, so no extra forward: the no-grad forward for ``old_per_token_logps`` where TRL
+            runs one (``num_iterations > 1``, gradient accumulation not dividing the generation
+            period, vLLM importance-sampling correction), else the loss forward of each
+            micro-batch (the advantages are shaped before the loss is reduced). The ``entropy``
+            strategy can be fused only into the loss forward at ``temperature`` 1.0 (its entropy is
+            the untempered one); elsewhere ``fused`` is an error for it. ``auto`` (default):
+            ``fused`` where possible, else ``separate``.
     """
 
     strategy: str = "coupled"
@@ -86,11 +81,6 @@ class RhythmCreditConfig:
         if self.credit_forward not in CREDIT_FORWARDS:
             raise AttnRhythmError(
                 f"bad credit forward {self.credit_forward!r}: use one of {', '.join(CREDIT_FORWARDS)}"
-            )
-        if self.credit_forward == "fused" and self.strategy == "entropy":
-            raise AttnRhythmError(
-                "credit_forward 'fused' cannot give the entropy strategy its entropy (TRL's forward "
-                "keeps tempered log-probs only): use 'auto' or 'separate'"
             )
         if self.batch_size < 1:
             raise AttnRhythmError(f"bad credit batch size {self.batch_size}: it must be >= 1")

@@ -63,7 +63,7 @@ from typing import Any
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.tasks import Task, get_task
-from attnrhythm.train.config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
+from attnrhythm.train.config import RhythmCreditConfig
 from attnrhythm.train.rewards import completion_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -84,8 +84,9 @@ class TrainSettings:
         rhythm_options: further :class:`RhythmCreditConfig` fields (``window``, ``fai_horizon``,
             ``layers``, ``batch_size``, ...).
         credit_forward: ``auto`` (default), ``fused`` or ``separate``: whether the attention
-            statistics are captured in TRL's own old-logprob forward (run when ``num_iterations``
-            > 1) or come from a separate credit forward (see :class:`RhythmCreditConfig`).
+            statistics are captured in a forward TRL runs anyway (its old-logprob forward when
+            ``num_iterations`` > 1, else its loss forward) or come from a separate credit forward
+            (see :class:`RhythmCreditConfig`).
         model: ``embedded``, a checkpoint directory, a ``.gguf`` file or a cached hub id.
         steps: optimiser steps (``max_steps``).
         learning_rate: 1e-5 by default, so that a few dozen CPU steps move the policy; the paper
@@ -217,17 +218,7 @@ class TrainSettings:
         if not str(self.output_dir).strip():
             raise AttnRhythmError("empty output_dir: pass a run directory with --out")
         self.make_task()
-        rhythm = self.rhythm_config()
-        if rhythm.credit_forward == "fused" and rhythm.strategy != "none":
-            grpo = self.grpo_options
-            accumulation = grpo.get("gradient_accumulation_steps", self.gradient_accumulation_steps)
-            if not trl_runs_old_logps_forward(
-                accumulation,
-                grpo.get("steps_per_generation") or accumulation,
-                grpo.get("num_iterations", self.num_iterations),
-                bool(grpo.get("use_vllm")) and grpo.get("vllm_importance_sampling_correction", True),
-            ):
-                raise AttnRhythmError(FUSED_NEEDS_OLD_LOGPS)
+        self.rhythm_config()
 
     def make_task(self) -> Task:
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in self.task_options.items()}
