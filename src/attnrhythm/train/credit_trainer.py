@@ -190,6 +190,7 @@ class RhythmGRPOTrainer(GRPOTrainer):
         try:
             output = super()._generate_and_score_completions(inputs)
             if path == "loss":  # (B,) advantages: each micro-batch is shaped in its loss forward
+                _refuse_images(output)
                 return output
             return self._apply_rhythm_credit(output)
         finally:
@@ -300,10 +301,7 @@ class RhythmGRPOTrainer(GRPOTrainer):
             metrics["rhythm/amplified_share"].append(0.0)
             metrics["rhythm/seconds"].append(0.0)
             return output
-        if any(key in output for key in _IMAGE_KEYS):
-            raise AttnRhythmError(
-                "rhythm credit is text-only: this batch has images; use strategy 'none' for VLM training"
-            )
+        _refuse_images(output)
         loss_mask = output["completion_mask"]
         if "tool_mask" in output:
             loss_mask = loss_mask * output["tool_mask"]
@@ -388,6 +386,13 @@ class RhythmGRPOTrainer(GRPOTrainer):
         slowest = float(self.accelerator.gather(elapsed).max())
         for name, value in rhythm_metrics(dict(zip(COUNT_KEYS, totals)), slowest).items():
             metrics[name].append(value)
+
+
+def _refuse_images(batch: dict[str, Any]) -> None:
+    if any(key in batch for key in _IMAGE_KEYS):
+        raise AttnRhythmError(
+            "rhythm credit is text-only: this batch has images; use strategy 'none' for VLM training"
+        )
 
 
 class _FusedBatch:
