@@ -32,6 +32,7 @@ Each part runs only while the time budget (``--budget``) lasts; a skipped part s
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import platform
@@ -400,7 +401,7 @@ def main(
         if left() <= 0:
             report["reference"].append({"dtype": name, "skipped": "time budget"})
             continue
-        model = models.get(name) or models["bfloat16"].to(DTYPES[name])
+        model = models.get(name) or copy.deepcopy(models["bfloat16"]).to(DTYPES[name])  # .to is in place
         report["reference"].append(reference_check(model, name, ref_n, device))
         if name != "bfloat16":
             del model
