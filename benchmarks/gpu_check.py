@@ -212,7 +212,11 @@ def timing(model, n: int, device: str, repeats: int, free_bytes: int | None) -> 
     ids = torch.randint(0, model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(2))
     ids = ids.to(device)
     r0 = n // 4
-    out: dict[str, Any] = {"tokens": n, "analysed_layers": list(analyzer.layers)}
+    out: dict[str, Any] = {
+        "tokens": n,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "analysed_layers": list(analyzer.layers),
+    }
 
     def plain() -> None:
         with torch.no_grad():

@@ -43,6 +43,7 @@ def test_gpu_check_quick_on_cpu(tmp_path):
 
     assert [t["tokens"] for t in report["timing"]] == [128, 256]
     for t in report["timing"]:
+        assert t["dtype"] == "bfloat16"
         assert all(s > 0 for s in t["seconds"].values())
         assert t["capture_over_plain"] > 0 and t["analysis_over_plain"] > 0
         assert set(t["routes"].values()) == {"fused"}
