@@ -16,10 +16,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from attnrhythm import display, spans
 from attnrhythm.attention import capture as cap
 from attnrhythm.attention.sharding import full_parameters
+from attnrhythm.config import AnalysisConfig
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.method.credit import STRATEGIES, CreditConfig, gamma
+from attnrhythm.headsets import read_heads_file
+from attnrhythm.method.credit import STRATEGIES, gamma
 from attnrhythm.method.rhythm import (
     HeadClasses,
     classify_heads,
@@ -28,45 +31,12 @@ from attnrhythm.method.rhythm import (
     fai,
     find_roles,
     head_distance,
-    parse_horizon,
     parse_layers,
     receiver_heads,
     round_half_up,
     waad,
 )
-from attnrhythm.schema import SCHEMA_VERSION, parse_span, record_float, record_floats
-
-
-@dataclass
-class AnalysisConfig:
-    """Every parameter of METHOD.md, plus engineering knobs (tile size, chunking)."""
-
-    layers: str | list[int] = "mid5"
-    window: int = 10
-    fai_horizon: str | tuple[int, int | None] = (10, 50)
-    head_quantile: float = 0.3
-    heads: HeadClasses | None = None  # a fixed head set in analysed-layer positions (None: per sequence)
-    heads_layers: list[int] | None = None  # absolute layers of a fixed head set
-    credit: CreditConfig = field(default_factory=CreditConfig)
-    tile_size: int | None = None
-    logits_chunk: int = 256  # LM-head rows per chunk: (256 x vocab) fp32 blocks are mmapped and freed at once
-    save_maps: str | tuple[int, int] | None = None  # response-relative START:END of kept map blocks
-    proximity: int = 4  # receiver heads: column scores count attention from >= proximity tokens later
-    receiver_count: int | None = None  # receiver heads kept (None: as many as global heads; 0: off)
-    route: str | None = None  # attention route: auto, fused or tile (None: $ATTNRHYTHM_ROUTE or auto)
-
-    def __post_init__(self) -> None:
-        self.fai_horizon = parse_horizon(self.fai_horizon)
-        if self.save_maps is not None:
-            self.save_maps = parse_span(self.save_maps)
-        if self.window < 1:
-            raise AttnRhythmError(f"bad --window {self.window}: the WAAD window must be >= 1")
-        if self.proximity < 1:
-            raise AttnRhythmError(f"bad --proximity {self.proximity}: it must be >= 1")
-        if self.route is not None and self.route not in cap.ROUTES:
-            raise AttnRhythmError(f"bad route {self.route!r}: use one of {', '.join(cap.ROUTES)}")
-        if self.tile_size is not None and self.tile_size < 1:
-            raise AttnRhythmError(f"bad --tile-size {self.tile_size}: it must be >= 1")
+from attnrhythm.schema import SCHEMA_VERSION, record_float, record_floats
 
 
 @dataclass
@@ -96,22 +66,21 @@ class TraceInput:
 
 
 def clip_span(span: tuple[int, int], n_response: int) -> tuple[int, int]:
-    """Clip a span to a response of ``n_response`` tokens; error if it starts past the end."""
-    start, end = span
-    if start >= n_response - 1:
+    """:func:`attnrhythm.spans.clip_span`, an error when the span starts past the response."""
+    clipped = spans.clip_span(span, n_response)
+    if clipped is None:
+        start, end = span
         raise AttnRhythmError(
             f"span {start}:{end} is outside the response ({n_response} tokens): pick START < {n_response - 1}"
         )
-    return start, min(end, n_response)
+    return clipped
 
 
 def load_heads_file(path: str | Path) -> tuple[list[int], HeadClasses]:
-    """Read a fixed head set (see :func:`attnrhythm.headsets.read_heads_file`).
+    """Read a fixed head set (:func:`attnrhythm.headsets.read_heads_file`).
 
     Returns (absolute layers to analyse, classes with absolute layer indices).
     """
-    from attnrhythm.headsets import read_heads_file
-
     return read_heads_file(path)
 
 
@@ -147,11 +116,13 @@ class TraceResult:
     fai_receiver: torch.Tensor | None = None  # FAI over receiver heads
     tokenizer: Any = field(default=None, repr=False, compare=False)  # for tokens in to_record / notebooks
 
-    def _repr_html_(self) -> str:
-        """Jupyter: this trace's self-contained report inline (:class:`~attnrhythm.views.report.Report`)."""
-        from attnrhythm.views.report import Report
+    def _repr_html_(self) -> str | None:
+        """Jupyter: this trace's self-contained report inline.
 
-        return Report([self])._repr_html_()
+        The view is :class:`attnrhythm.views.report.Report`, registered in :mod:`attnrhythm.display`
+        when it is imported (``import attnrhythm`` does so inside IPython).
+        """
+        return display.render("trace", self)
 
     def to_record(self, tokenizer: Any = None) -> dict[str, Any]:
         """The JSON record documented in the README (schema_version 1)."""

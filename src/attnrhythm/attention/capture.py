@@ -35,10 +35,10 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from attnrhythm.attention import fused
 from attnrhythm.attention.reductions import Band, LayerReductions, tile_reductions
+from attnrhythm.attention.routes import ROUTES
 from attnrhythm.errors import AttnRhythmError
 
 IMPLEMENTATION = "attnrhythm"
-ROUTES = ("auto", "fused", "tile")
 
 _ACTIVE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("attnrhythm_capture", default=None)
 

@@ -20,6 +20,7 @@ _ABORT = getattr(typer, "Abort", None) or getattr(click_exceptions, "Abort", Key
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode=None,  # help is plain text: [layer, head] and [default: ...] keep their brackets
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Read the preplan-and-anchor rhythm of a causal LM from its attention, in one streaming pass.",
@@ -56,13 +57,9 @@ def analyze(
     ),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature (0: greedy)."),
     chat: bool = opts.ChatOpt,
-    save_maps: str = typer.Option(
-        None, "--save-maps", help="Keep the mean local/global maps of response window START:END (<= 512)."
-    ),
-    proximity: int = typer.Option(4, "--proximity", help="Receiver heads: count attention from >= this far."),
-    receivers: int = typer.Option(
-        None, "--receivers", help="Receiver heads to keep (default: as many as global heads; 0: off)."
-    ),
+    save_maps: str = opts.SaveMapsOpt,
+    proximity: int = opts.ProximityOpt,
+    receivers: int = opts.ReceiversOpt,
     report: Path = typer.Option(
         None, "--report", help="Also write an offline HTML report of all records in --out to this file."
     ),
@@ -97,6 +94,8 @@ def analyze(
         seed=seed,
         tile_size=tile_size,
         save_maps=save_maps,
+        proximity=proximity,
+        receiver_count=receivers,
     )
     items = (
         read_inputs(input) if input is not None else [InputItem(0, {"prompt": prompt, "response": response})]
@@ -118,7 +117,7 @@ def analyze(
     if input is None and summary.errors:
         raise AttnRhythmError(summary.errors[0])
     for err in summary.errors:
-        opts.console.print(f"[red]skipped[/red] {err}", highlight=False)
+        opts.tagged("skipped", err)
     resumed = f" ({summary.resumed} already there)" if summary.resumed else ""
     opts.console.print(f"wrote {summary.written} record(s) to {out}{resumed}", highlight=False)
     if report is not None and out.exists():
@@ -188,7 +187,7 @@ def demo(
             generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=0),
         )
     for err in summary.errors:
-        opts.console.print(f"[red]skipped[/red] {err}", highlight=False)
+        opts.tagged("skipped", err)
     by_key = {str(r.get("key")): r for r in iter_jsonl(out)}
     records = [by_key[item.key] for item in items if item.key in by_key]
     if not records:
@@ -244,7 +243,7 @@ def report(
 @app.command()
 def figure(
     records: Path = typer.Argument(..., help="Records JSONL written by `attnrhythm analyze`."),
-    index: int = typer.Option(0, "--index", "-i", help="Which record (0-based, the report's #)."),
+    index: int = typer.Option(0, "--index", help="Which record (0-based, the report's #)."),
     out: Path = typer.Option(
         Path("attnrhythm-figure.png"), "--out", "-o", help="Output file: .png, .pdf or .svg."
     ),
@@ -337,17 +336,13 @@ def main(argv: list[str] | None = None) -> None:
             args=argv if argv is not None else sys.argv[1:], prog_name="attnrhythm", standalone_mode=False
         )
     except AttnRhythmError as err:
-        opts.console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        opts.tagged("error:", str(err))
         sys.exit(err.exit_code)
     except click_exceptions.NoArgsIsHelpError:
         sys.exit(0)
     except click_exceptions.ClickException as err:
         hint = f" (see `attnrhythm {err.ctx.info_name if getattr(err, 'ctx', None) else ''} --help`)"
-        opts.console.print(
-            f"[red]error:[/red] {err.format_message()}{hint.replace('attnrhythm attnrhythm', 'attnrhythm')}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        opts.tagged("error:", f"{err.format_message()}{hint.replace('attnrhythm attnrhythm', 'attnrhythm')}")
         sys.exit(2)
     except typer.Exit as err:
         sys.exit(err.exit_code)

@@ -12,6 +12,7 @@ from attnrhythm.errors import AttnRhythmError
 
 study_app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="Does a model have the preplan-and-anchor rhythm? The paper's two mechanism studies.",
 )
 
@@ -41,7 +42,7 @@ def _prepare(
     layers, window, fai_horizon, head_quantile, proximity, receivers, need_model, heads=None,
 ):  # fmt: skip
     """(model, tokenizer, records, run metadata) from --records or by sampling (resumable)."""
-    from attnrhythm.analyze import AnalysisConfig
+    from attnrhythm.config import AnalysisConfig
     from attnrhythm.records import read_records
     from attnrhythm.studies.run import (
         SampleConfig,
@@ -56,18 +57,12 @@ def _prepare(
             "--heads applies to responses the study analyses, and --records were analysed already: "
             "drop --heads, or re-analyse the responses with `attnrhythm analyze --heads FILE`"
         )
-    fixed = heads_layers = None
-    if heads is not None:
-        from attnrhythm.analyze import load_heads_file
-
-        heads_layers, fixed = load_heads_file(heads)
     analysis = AnalysisConfig(
         layers=layers,
         window=window,
         fai_horizon=fai_horizon,
         head_quantile=head_quantile,
-        heads=fixed,
-        heads_layers=heads_layers,
+        heads=heads,
         proximity=proximity,
         receiver_count=receivers,
     )
@@ -97,7 +92,7 @@ def _prepare(
 
         recs, errors = sampled_records(lm, tokenizer, model, sample, analysis, out, update)
     for err in errors:
-        cli.console.print(f"[yellow]skipped[/yellow] {err}", highlight=False)
+        cli.tagged("skipped", err, "yellow")
     if not recs:
         raise AttnRhythmError("no response could be analysed: raise --max-new-tokens or check the model")
     return lm, tokenizer, recs, run_meta(model, sample, recs)
@@ -130,8 +125,8 @@ def couplings(
     window: int = cli.WindowOpt,
     fai_horizon: str = cli.HorizonOpt,
     head_quantile: float = cli.QuantileOpt,
-    proximity: int = typer.Option(4, "--proximity", help="Receiver heads: count attention from >= this far."),
-    receivers: int = typer.Option(None, "--receivers", help="Receiver heads (default: as many as global)."),
+    proximity: int = cli.ProximityOpt,
+    receivers: int = cli.ReceiversOpt,
     heads: Path = HeadsOpt,
 ) -> None:
     """Table 2: entropy at WAAD peaks, receiver vs global FAI peaks, FAI peaks at/after WAAD peaks."""

@@ -202,7 +202,7 @@ def show(console: Console, records: list[dict[str, Any]], tokens: bool = False, 
     for record in records:
         n = len(record["input_ids"]) - int(record["response_start"])
         question = " ".join(str(record.get("prompt", "")).split())
-        console.rule(f"[bold]{record.get('key', '')}[/bold]", align="left")
+        console.rule(Text(str(record.get("key", "")), style="bold"), align="left")
         console.print(Text(question, style="dim"))
         console.print(response_text(record, color))
         console.print(

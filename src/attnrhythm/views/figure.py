@@ -249,22 +249,8 @@ def _wrap(text: str, width: int) -> str:
 
 
 def parse_range(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """``START:END`` x-range of the curves (any length) -> (start, end); None stays None."""
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        try:
-            a, b = spec.split(":")
-            start, end = int(a), int(b)
-        except ValueError:
-            raise AttnRhythmError(
-                f"bad --curves {spec!r}: write START:END with integers, e.g. 0:400"
-            ) from None
-    else:
-        start, end = (int(x) for x in spec)
-    if start < 0 or end - start < 2:
-        raise AttnRhythmError(f"bad --curves {start}:{end}: need 0 <= START and END >= START + 2")
-    return start, end
+    """``START:END`` x-range of the curves (any length, >= 2 tokens) -> (start, end); None stays None."""
+    return None if spec is None else parse_span(spec, what="--curves", max_len=None, min_len=2)
 
 
 def check_out(out: str | Path) -> Path:
