@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "schema": 3,
     "models": 3,
     "generate": 3,
+    "padding": 3,
     "runner": 3,
     "tasks": 3,
     "rollout": 4,

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 
 from attnrhythm import display, spans
 from attnrhythm.attention import capture as cap
+from attnrhythm.attention.model_config import config_int
 from attnrhythm.attention.sharding import full_parameters
 from attnrhythm.config import AnalysisConfig
 from attnrhythm.errors import AttnRhythmError
@@ -36,6 +37,7 @@ from attnrhythm.method.rhythm import (
     round_half_up,
     waad,
 )
+from attnrhythm.padding import left_pad
 from attnrhythm.schema import SCHEMA_VERSION, record_float, record_floats
 
 
@@ -85,12 +87,7 @@ def load_heads_file(path: str | Path) -> tuple[list[int], HeadClasses]:
 
 
 def context_length(model: PreTrainedModel) -> int | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return config_int(model, "max_position_embeddings", "n_positions", "n_ctx")
 
 
 @dataclass
@@ -238,18 +235,12 @@ class Analyzer:
     def _analyze(self, traces: list[TraceInput]) -> list[TraceResult]:
         model = self.model
         device = next(model.parameters()).device
-        length = max(len(t.input_ids) for t in traces)
-        pad_id = _pad_id(model)
         bsz = len(traces)
-        ids = torch.full((bsz, length), pad_id, dtype=torch.long)
-        mask = torch.zeros(bsz, length, dtype=torch.long)
+        ids, mask, position_ids = left_pad([t.input_ids for t in traces], _pad_id(model))
+        length = ids.shape[1]
         row_weight = torch.zeros(bsz, length)
         for b, t in enumerate(traces):
-            pad = length - len(t.input_ids)
-            ids[b, pad:] = torch.tensor(t.input_ids)
-            mask[b, pad:] = 1
-            row_weight[b, pad + t.response_start :] = 1.0
-        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+            row_weight[b, length - len(t.input_ids) + t.response_start :] = 1.0
         ids, mask, position_ids = ids.to(device), mask.to(device), position_ids.to(device)
 
         spans: list[tuple[int, int] | None] | None = None
@@ -495,12 +486,7 @@ def compute_maps(
 
 
 def _num_heads(model: PreTrainedModel) -> int | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for name in ("num_attention_heads", "n_head"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return config_int(model, "num_attention_heads", "n_head")
 
 
 def _pad_id(model: PreTrainedModel) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.settings import setting
 
+ROLE_NAMES: tuple[str, ...] = ("preplan", "anchor", "dominated", "intro")  # METHOD.md section 4
 STRATEGIES: tuple[str, ...] = ("none", "local", "global", "coupled", "entropy", "random")
 
 

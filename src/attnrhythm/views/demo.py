@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from attnrhythm.method.config import ROLE_NAMES as ROLE_ORDER
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -197,7 +199,7 @@ def show(console: Console, records: list[dict[str, Any]], tokens: bool = False, 
     color = console.color_system is not None and not console.no_color
     console.print(legend(color))
     summary = Table(title="summary", show_lines=False)
-    for col in ("trace", "tokens", "answer ok", "preplan", "anchor", "dominated", "intro", "mean γ coupled"):
+    for col in ("trace", "tokens", "answer ok", *ROLE_ORDER, "mean γ coupled"):
         summary.add_column(col, justify="right")
     for record in records:
         n = len(record["input_ids"]) - int(record["response_start"])
@@ -222,7 +224,7 @@ def show(console: Console, records: list[dict[str, Any]], tokens: bool = False, 
             str(record.get("key", "")),
             str(n),
             answer_ok(record),
-            *(str(len(record["roles"][k])) for k in ("preplan", "anchor", "dominated", "intro")),
+            *(str(len(record["roles"][k])) for k in ROLE_ORDER),
             f"{sum(coupled) / len(coupled):.3f}",
         )
     console.print(summary)

@@ -36,7 +36,6 @@ from attnrhythm.views.report import (
 
 FORMATS = (".png", ".pdf", ".svg")
 ROLE_COLOURS = {"preplan": "#2f6fde", "anchor": "#f39c12", "dominated": "#d0312d", "intro": "#8e44ad"}
-ROLE_LABELS = {"preplan": "preplan", "anchor": "anchor", "dominated": "dominated", "intro": "intro"}
 LOCAL_EDGE, GLOBAL_EDGE = "#2f6fde", "#0b7a3e"
 
 
@@ -172,7 +171,7 @@ def trace_figure(
         where = record["roles"][role]
         rug.vlines(where, row + 0.1, row + 0.9, color=ROLE_COLOURS[role],
                    lw=0.6 if x_hi - x_lo > 600 else 1.6)
-    rug.set_yticks([r + 0.5 for r in range(len(ROLES))], [ROLE_LABELS[r] for r in ROLES], fontsize=7)
+    rug.set_yticks([r + 0.5 for r in range(len(ROLES))], list(ROLES), fontsize=7)
     for tick, role in zip(rug.get_yticklabels(), ROLES):
         tick.set_color(ROLE_COLOURS[role])
     rug.set_ylim(len(ROLES), 0)

@@ -38,12 +38,13 @@ import numpy as np
 
 from attnrhythm import display, spans
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.method.config import ROLE_NAMES
 from attnrhythm.method.peaks import peaks
 from attnrhythm.records import check_file_target, write_text_atomic
 from attnrhythm.schema import SCHEMA_VERSION
 
 DEFAULT_SPAN = 128
-ROLES = ("preplan", "anchor", "dominated", "intro")
+ROLES = ROLE_NAMES
 
 #: (metrics key, long label, short label, colour, peak colour)
 SERIES = (
