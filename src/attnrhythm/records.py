@@ -165,6 +165,11 @@ def read_inputs(path: str | Path) -> list[InputItem]:
         raise AttnRhythmError(
             f'input file {p} has no records: add lines like {{"prompt": ..., "response": ...}}'
         )
+    if all(item.error is not None for item in items):
+        raise AttnRhythmError(
+            f"input file {p} has no readable line ({len(items)} lines; {items[0].error}): pass a JSONL "
+            'file of {"prompt": ..., "response": ...} objects'
+        )
     return items
 
 

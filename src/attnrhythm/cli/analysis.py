@@ -49,8 +49,9 @@ def analyze(
     ),
 ) -> None:
     """Analyse prompt+response traces: head spans and classes, WAAD, FAI, entropy, roles, gamma."""
-    from attnrhythm.records import InputItem, check_text, read_inputs
+    from attnrhythm.records import InputItem, check_file_target, check_text, iter_jsonl, read_inputs
     from attnrhythm.runner import GenerationConfig, analyze_items
+    from attnrhythm.schema import empty_metrics
 
     if prompt is not None:
         check_text(prompt, "--prompt")
@@ -62,6 +63,9 @@ def analyze(
         raise AttnRhythmError("pass either --input or --prompt/--response, not both")
     if input is None and response is None:
         raise AttnRhythmError("--prompt needs --response (or put prompt-only lines in --input to generate)")
+    check_file_target(out)
+    if report is not None:
+        check_file_target(report, "report.html")
     config = opts.analysis_config(
         layers=layers,
         window=window,
@@ -100,8 +104,9 @@ def analyze(
         )
     if input is None and summary.errors:
         raise AttnRhythmError(summary.errors[0])
-    for err in summary.errors:
-        opts.tagged("skipped", err)
+    opts.report_skipped(summary.errors, total=len(items))
+    for problem in empty_metrics(iter_jsonl(out), config.fai_horizon):
+        opts.tagged("warning:", problem, "yellow")
     resumed = f" ({summary.resumed} already there)" if summary.resumed else ""
     opts.console.print(f"wrote {summary.written} record(s) to {out}{resumed}", highlight=False)
     if report is not None and out.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import typer
@@ -11,10 +12,11 @@ from rich.text import Text
 
 from attnrhythm.config import AnalysisConfig, ModelSettings
 from attnrhythm.settings import build, default, field_of, flag_of
+from attnrhythm.train.runs import TrainSettings
 
 # markup off: messages and help carry user text and brackets ("pip install 'attnrhythm[tasks]'",
 # "[layer, head] pairs") that must print as written; styles come from rich Text objects
-console = Console(stderr=True, markup=False)
+console = Console(stderr=True, markup=False, soft_wrap=True)  # a message is one line, even in a log
 out_console = Console(markup=False)
 
 
@@ -70,7 +72,7 @@ TileOpt = option(AnalysisConfig, "tile_size")
 ProximityOpt = option(AnalysisConfig, "proximity")
 ReceiversOpt = option(AnalysisConfig, "receiver_count")
 SaveMapsOpt = option(AnalysisConfig, "save_maps")
-ChatOpt = typer.Option(True, "--chat/--no-chat", help="Wrap the prompt in the model's chat template.")
+ChatOpt = option(TrainSettings, "chat")
 
 
 def analysis_config(**values: Any) -> AnalysisConfig:
@@ -78,7 +80,53 @@ def analysis_config(**values: Any) -> AnalysisConfig:
     return build(AnalysisConfig, values, source="the flags")
 
 
-def progress() -> Progress:
+class LineProgress:
+    """Progress for a log or a pipe: a line on stderr every few items (``analysing: 8/20 (41 s)``).
+
+    The same ``add_task``/``update`` calls as rich's Progress, which draws a bar on a terminal.
+    """
+
+    def __init__(self, target: Console, lines: int = 10, quiet_seconds: float = 2.0) -> None:
+        self.console = target
+        self.lines = lines  # about this many lines per task
+        self.quiet_seconds = quiet_seconds  # work done sooner than this prints nothing
+        self.tasks: list[dict[str, Any]] = []
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
+        self.tasks.append(
+            {"description": description, "total": total, "shown": 0, "started": time.monotonic()}
+        )
+        return len(self.tasks) - 1
+
+    def update(
+        self, task: int, *, completed: float | None = None, total: float | None = None, **_: Any
+    ) -> None:
+        state = self.tasks[task]
+        if total is not None:
+            state["total"] = total
+        if completed is None:
+            return
+        done, total = int(completed), state["total"]
+        step = max(1, int(total) // self.lines) if total else 1
+        elapsed = time.monotonic() - state["started"]
+        if elapsed < self.quiet_seconds:
+            return
+        if done - state["shown"] >= step or (total and done >= total and state["shown"] < done):
+            state["shown"] = done
+            of = f"/{int(total)}" if total else ""
+            self.console.print(f"{state['description']}: {done}{of} ({elapsed:.0f} s)", highlight=False)
+
+
+def progress() -> Progress | LineProgress:
+    """A progress bar on a terminal, else a line on stderr every few items."""
+    if not console.is_terminal:
+        return LineProgress(console)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -86,8 +134,20 @@ def progress() -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=False,
-        disable=not console.is_terminal,
     )
+
+
+def report_skipped(errors: list[str], *, shown: int = 5, total: int | None = None) -> None:
+    """One ``skipped`` line per error for the first ``shown``, then one line for the rest."""
+    for err in errors[:shown]:
+        tagged("skipped", err, "yellow")
+    if len(errors) > shown:
+        of = f" of {total} lines" if total else ""
+        tagged(
+            "skipped",
+            f"{len(errors) - shown} more lines ({len(errors)}{of} in all could not be read)",
+            "yellow",
+        )
 
 
 def load(model: str, device: str):

@@ -32,9 +32,6 @@ RecordsOpt = typer.Option(
     None, "--records", help="Use these analysed records (from analyze, receivers on) instead of sampling."
 )
 BootOpt = typer.Option(2000, "--bootstrap", help="Bootstrap resamples over problems (95% intervals).")
-HeadsOpt = typer.Option(
-    None, "--heads", help="Fixed head set (heads.json of `attnrhythm heads`) instead of per-response classes."
-)
 
 
 def _prepare(
@@ -127,7 +124,7 @@ def couplings(
     head_quantile: float = cli.QuantileOpt,
     proximity: int = cli.ProximityOpt,
     receivers: int = cli.ReceiversOpt,
-    heads: Path = HeadsOpt,
+    heads: Path = cli.HeadsOpt,
 ) -> None:
     """Table 2: entropy at WAAD peaks, receiver vs global FAI peaks, FAI peaks at/after WAAD peaks."""
     from attnrhythm.studies.couplings import COUPLINGS, PeakSpec
@@ -198,7 +195,7 @@ def perturb(
     window: int = cli.WindowOpt,
     fai_horizon: str = cli.HorizonOpt,
     head_quantile: float = cli.QuantileOpt,
-    heads: Path = HeadsOpt,
+    heads: Path = cli.HeadsOpt,
 ) -> None:
     """Table 1: force the top-k alternatives at a high- and a low-FAI position, compare continuations."""
     from attnrhythm.studies.perturb import PerturbConfig

@@ -47,7 +47,7 @@ def _task_options(items: list[str] | None) -> dict[str, Any] | None:
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` and ``eval`` commands to ``app``."""
-    from attnrhythm.cli.options import DeviceOpt, ModelOpt, console, out_console
+    from attnrhythm.cli.options import DeviceOpt, ModelOpt, console, out_console, tagged
     from attnrhythm.cli.options import progress as _progress
 
     @app.command()
@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a --out holding a run."),
     ) -> None:
         """Train a policy with GRPO + attention-rhythm credit; writes metrics.jsonl, checkpoints, final/."""
-        from attnrhythm.train.runs import SETTINGS_FILE, check_run_dir
+        from attnrhythm.train.runs import SETTINGS_FILE, check_run_dir, no_signal_warning
         from attnrhythm.train.runs import train as run_training
 
         if resume and overwrite:
@@ -135,7 +135,13 @@ def register(app: typer.Typer) -> None:
             def progress(step: int, total: int) -> None:
                 bar.update(job, completed=step, total=total)
 
-            summary = run_training(settings, resume=resume, overwrite=overwrite, progress=progress)
+            summary = run_training(
+                settings,
+                resume=resume,
+                overwrite=overwrite,
+                progress=progress,
+                warn=lambda message: tagged("warning:", message, "yellow"),
+            )
         records = summary["metrics"]
         last = records[-1] if records else {}
         sps = summary["seconds_per_step"]
@@ -146,7 +152,12 @@ def register(app: typer.Typer) -> None:
             + (f", {sps:.2f} s/step" if sps is not None else ""),
             highlight=False,
         )
-        out_console.print(f"run directory: {summary['output_dir']} (final model in {summary['final']})")
+        out_console.print(
+            f"run directory: {summary['output_dir']} (final model in {summary['final']})", highlight=False
+        )
+        message = no_signal_warning(records)
+        if message is not None and not summary.get("warned"):
+            tagged("warning:", message, "yellow")
 
     @app.command("eval")
     def eval_command(

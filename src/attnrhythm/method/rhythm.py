@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.method.config import CreditConfig
 from attnrhythm.spans import parse_horizon  # noqa: F401  (the horizon of FAI, section 3)
 
 
@@ -244,8 +245,8 @@ def find_roles(
     fai_values: torch.Tensor,
     delta_values: torch.Tensor,
     *,
-    q: float = 0.4,
-    k: int = 3,
+    q: float = CreditConfig.q,
+    k: int = CreditConfig.k,
     tau_waad: float | None = None,
     tau_delta: float | None = None,
     bottom: bool = False,

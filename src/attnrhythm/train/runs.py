@@ -139,7 +139,9 @@ class TrainSettings(Composed):
     n_train: int = setting(1000, help="Training examples drawn from the task.")
     save_steps: int = setting(0, help="Checkpoint every N steps (0: none).")
     logging_steps: int = setting(1, help="Log (metrics.jsonl) every N steps.")
-    chat: bool = setting(True, help="Chat-format prompts when the tokenizer has a chat template.")
+    chat: bool = setting(
+        True, help="Wrap the prompt in the model's chat template (when it has one).", flag="--chat/--no-chat"
+    )
     grpo_options: dict[str, Any] = field(default_factory=dict)
 
     _source = "settings"
@@ -436,8 +438,32 @@ class _AccuracyReward:
         return value
 
 
+NO_SIGNAL_STEPS = 3  # logged steps without reward signal before a run warns
+
+
+def no_signal_warning(records: list[dict[str, Any]], steps: int = NO_SIGNAL_STEPS) -> str | None:
+    """A warning when the last ``steps`` logged steps (all of them, if fewer) had no reward signal.
+
+    No signal: every completion of each GRPO group got the same reward (``reward_std`` 0), so
+    every advantage is 0 and the step changes nothing.
+    """
+    last = records[-steps:]
+    if not last or any((r.get("reward_std") or 0.0) > 0 for r in last):
+        return None
+    mean = last[-1].get("reward_mean")
+    reward = f"reward {mean:.3f}" if isinstance(mean, (int, float)) else "the same reward"
+    return (
+        f"no reward signal in the last {len(last)} step(s) (every completion of each group got {reward}): "
+        "the advantages are 0 and nothing is learned; use an easier task (e.g. --task arithmetic), more "
+        "completions per prompt (--num-generations) or a longer --max-new-tokens"
+    )
+
+
 def _metrics_callback(
-    path: Path, reward: _AccuracyReward, progress: Callable[[int, int], None] | None
+    path: Path,
+    reward: _AccuracyReward,
+    progress: Callable[[int, int], None] | None,
+    warn: Callable[[str], None] | None = None,
 ) -> Any:
     from transformers import TrainerCallback
 
@@ -447,6 +473,8 @@ def _metrics_callback(
         def __init__(self) -> None:
             self.started: float | None = None
             self.durations: list[float] = []
+            self.logged: list[dict[str, Any]] = []
+            self.warned = False
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.started = time.perf_counter()
@@ -481,6 +509,11 @@ def _metrics_callback(
             with path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(_jsonable(record)) + "\n")
                 fh.flush()
+            self.logged.append(record)
+            message = no_signal_warning(self.logged) if len(self.logged) >= NO_SIGNAL_STEPS else None
+            if message is not None and warn is not None and not self.warned:
+                self.warned = True
+                warn(message)
 
     return MetricsCallback()
 
@@ -576,6 +609,7 @@ def train(
     progress: Callable[[int, int], None] | None = None,
     model: Any = None,
     tokenizer: Any = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run GRPO with rhythm credit as ``settings`` say (see the module docstring).
 
@@ -584,6 +618,8 @@ def train(
         overwrite: start afresh in an ``output_dir`` that already holds a run (its metrics are
             cleared; without it such a directory is an error, so no run is mixed with another).
         progress: called as ``progress(step, max_steps)`` after each optimiser step.
+        warn: called once with :func:`no_signal_warning`'s line when the reward gives no signal for
+            ``NO_SIGNAL_STEPS`` logged steps in a row.
         model, tokenizer: an already loaded policy (default: ``load_model(settings.model)``).
 
     Returns a summary: ``output_dir``, ``steps`` (the final global step), ``final`` (the saved model
@@ -625,7 +661,7 @@ def train(
     reward = _AccuracyReward(task)
     dataset = build_dataset(settings, tokenizer)
     args = _grpo_config(settings, output_dir)
-    callback = _metrics_callback(output_dir / METRICS_FILE, reward, progress)
+    callback = _metrics_callback(output_dir / METRICS_FILE, reward, progress, warn)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = RhythmGRPOTrainer(
@@ -659,4 +695,5 @@ def train(
         "resumed_from": str(resume_from) if resume_from else None,
         "seconds_per_step": sum(seconds) / len(seconds) if seconds else None,
         "rhythm_seconds_per_step": sum(rhythm) / len(rhythm) if rhythm else None,
+        "warned": callback.warned,
     }
