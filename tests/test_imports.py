@@ -23,6 +23,7 @@ PACKAGE = SRC / "attnrhythm"
 LAYERS: dict[str, int] = {
     "errors": 0,
     "display": 0,
+    "lazy": 0,
     "settings": 0,
     "spans": 0,
     "attention": 1,

@@ -16,6 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from attnrhythm.analyze import TraceResult
@@ -42,12 +43,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'attnrhythm' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __version__ = "0.1.0"

@@ -23,8 +23,7 @@ trainer class is loaded on first access.
 
 from __future__ import annotations
 
-from typing import Any
-
+from attnrhythm.lazy import lazy_exports
 from attnrhythm.rollout.config import RhythmCreditConfig
 from attnrhythm.train.rewards import completion_text, task_reward_func
 
@@ -48,9 +47,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
