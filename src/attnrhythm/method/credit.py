@@ -1,4 +1,4 @@
-"""METHOD.md section 5: per-token credit gamma and the GRPO advantage shaping rule."""
+"""docs/method.md section 5: per-token credit gamma and the GRPO advantage shaping rule."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ STRATEGIES: tuple[str, ...] = ("none", "local", "global", "coupled", "entropy", 
 
 @dataclass(frozen=True)
 class CreditConfig:
-    """Hyperparameters of the credit (METHOD.md defaults)."""
+    """Hyperparameters of the credit (docs/method.md defaults)."""
 
     q: float = 0.4
     amp: float = 1.5

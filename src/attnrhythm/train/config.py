@@ -37,12 +37,12 @@ class RhythmCreditConfig:
 
     Attributes:
         strategy: one of ``none``, ``random``, ``entropy``, ``local``, ``global``, ``coupled``
-            (METHOD.md section 5). ``none`` is plain GRPO: no credit forward at all.
+            (docs/method.md section 5). ``none`` is plain GRPO: no credit forward at all.
         q, amp, alpha, k, tau_waad, tau_delta, selection, seed: the fields of
             :class:`~attnrhythm.method.credit.CreditConfig` (``selection="bottom"`` is the ablation;
             ``seed`` seeds the random baseline, which draws a fresh subset per sequence).
         layers, window, fai_horizon, head_quantile: the analysis parameters of
-            :class:`~attnrhythm.analyze.AnalysisConfig` (METHOD.md sections 1-3).
+            :class:`~attnrhythm.analyze.AnalysisConfig` (docs/method.md sections 1-3).
         heads: a fixed head set file (``--heads``: a ``heads.json`` of ``attnrhythm heads``, or a
             JSON with ``local``/``global`` [layer, head] lists); None classifies heads per sequence.
         tile_size, logits_chunk: memory knobs of the streaming capture.

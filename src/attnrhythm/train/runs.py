@@ -80,7 +80,7 @@ class TrainSettings:
     Attributes:
         task, task_options: the task name and the keyword arguments of its class
             (e.g. ``{"n_numbers": [2, 2], "max_number": 10}`` for countdown).
-        strategy, selection, q, amp, alpha, k: the credit (METHOD.md section 5).
+        strategy, selection, q, amp, alpha, k: the credit (docs/method.md section 5).
         rhythm_options: further :class:`RhythmCreditConfig` fields (``window``, ``fai_horizon``,
             ``layers``, ``batch_size``, ...).
         credit_forward: ``auto`` (default), ``fused`` or ``separate``: whether the attention
