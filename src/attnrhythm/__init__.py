@@ -1,5 +1,5 @@
 """attnrhythm: the preplan-and-anchor rhythm of a causal LM, read from its attention in one
-streaming pass, and attention-derived token credit for RL (see METHOD.md).
+streaming pass, and attention-derived token credit for RL (see docs/method.md).
 
 Python API (mirrors the CLI)::
 

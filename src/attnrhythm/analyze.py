@@ -3,7 +3,7 @@
 The pipeline: left-pad a batch of (prompt + response) token ids, run the decoder once with
 the ``attnrhythm`` attention implementation capturing the analysed layers, apply the LM head
 in chunks over the response only (entropy and token log-probs), then turn each sequence's
-reductions into METHOD.md's metrics, roles and gamma with the pure functions of
+reductions into docs/method.md's metrics, roles and gamma with the pure functions of
 :mod:`rhythm` and :mod:`credit`.
 """
 
@@ -122,7 +122,7 @@ class TraceResult:
         return display.render("trace", self)
 
     def to_record(self, tokenizer: Any = None) -> dict[str, Any]:
-        """The JSON record documented in the README (schema_version 1)."""
+        """The JSON record documented in docs/records.md (schema_version 1)."""
         lo, hi = self.config.fai_horizon  # type: ignore[misc]
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         tokens = [tokenizer.decode([i]) for i in self.input_ids] if tokenizer is not None else None

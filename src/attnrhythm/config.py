@@ -1,4 +1,4 @@
-"""The analysis settings (METHOD.md sections 1-3 and the engine's knobs), each declared once.
+"""The analysis settings (docs/method.md sections 1-3 and the engine's knobs), each declared once.
 
 :class:`AnalysisConfig` holds the credit settings (:class:`~attnrhythm.method.config.CreditConfig`)
 and is held in turn by the trainers' settings. Pure Python at import time, so that the command
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class AnalysisConfig:
-    """Every parameter of METHOD.md, plus engineering knobs (tile size, chunking), each declared once.
+    """Every parameter of docs/method.md, plus engineering knobs (tile size, chunking), each declared once.
 
     ``heads`` may be a head set file (a ``heads.json`` of ``attnrhythm heads`` or a JSON with
     ``local``/``global`` [layer, head] lists): it is read here, the one place a heads file is

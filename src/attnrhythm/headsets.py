@@ -1,9 +1,9 @@
 """Fixed head sets: the ``--heads`` file, and corpus head sets derived from many records.
 
-METHOD.md section 2 classifies heads per sequence by default. A *corpus* head set applies the
+docs/method.md section 2 classifies heads per sequence by default. A *corpus* head set applies the
 same rule once, to the span d[l,h] averaged over a corpus of traces (``attnrhythm heads``), and
 records per head how often the per-sequence rule agreed (its stability). The file it writes
-(schema below, also in the README) is read back by ``--heads`` in analyze, train and the studies.
+(schema below, also in docs/heads.md) is read back by ``--heads`` in analyze, train and the studies.
 
 ``heads.json`` (``"format": "attnrhythm-heads"``, ``"version": 1``)::
 
@@ -13,7 +13,7 @@ records per head how often the per-sequence rule agreed (its stability). The fil
     traces          int                records averaged
     distance        float[][]          corpus mean span d[l,h] (mean over traces, each trace weight 1)
     distance_std    float[][]          standard deviation of d[l,h] over the traces
-    local, global   [layer, head][]    classes of the corpus mean (the rule of METHOD.md section 2)
+    local, global   [layer, head][]    classes of the corpus mean (the rule of docs/method.md section 2)
     stability       {local, global: float[][], receiver: float[][] (when the records have them)}
                     share of traces whose own per-sequence class (the same rule on that trace's
                     d[l,h]) puts the head in H_loc / H_glob / among the receiver heads

@@ -1,4 +1,4 @@
-"""``attnrhythm study couplings|perturb``: the paper's mechanism studies (METHOD.md section 6)."""
+"""``attnrhythm study couplings|perturb``: the paper's mechanism studies (docs/method.md section 6)."""
 
 from __future__ import annotations
 

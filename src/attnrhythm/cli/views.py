@@ -74,7 +74,7 @@ def demo(
     show(opts.out_console, records, tokens=tokens, rows=rows)
     report_path = write_report(records, out.with_suffix(".html"))
     opts.out_console.print(
-        f"\nrecords: {out.resolve()}  (schema: README, section 'Record schema')", highlight=False
+        f"\nrecords: {out.resolve()}  (schema: docs/records.md)", highlight=False
     )
     opts.out_console.print(
         f"report:  {report_path.resolve()}  (open it in a browser; no network needed)", highlight=False

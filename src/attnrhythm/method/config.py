@@ -1,4 +1,4 @@
-"""The credit settings (METHOD.md sections 4-5), declared once: default, help text, flag.
+"""The credit settings (docs/method.md sections 4-5), declared once: default, help text, flag.
 
 Pure Python, so that the command line builds its options from them without loading torch.
 """
@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.settings import setting
 
-ROLE_NAMES: tuple[str, ...] = ("preplan", "anchor", "dominated", "intro")  # METHOD.md section 4
+ROLE_NAMES: tuple[str, ...] = ("preplan", "anchor", "dominated", "intro")  # docs/method.md section 4
 STRATEGIES: tuple[str, ...] = ("none", "local", "global", "coupled", "entropy", "random")
 
 
 @dataclass(frozen=True)
 class CreditConfig:
-    """Hyperparameters of the credit (METHOD.md section 4-5 defaults), each declared once."""
+    """Hyperparameters of the credit (docs/method.md section 4-5 defaults), each declared once."""
 
     q: float = setting(0.4, help="TopQ share of tokens selected as preplan / anchor.")
     amp: float = setting(1.5, help="Credit amplification of selected tokens.")

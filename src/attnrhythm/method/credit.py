@@ -1,4 +1,4 @@
-"""METHOD.md section 5: per-token credit gamma and the GRPO advantage shaping rule.
+"""docs/method.md section 5: per-token credit gamma and the GRPO advantage shaping rule.
 
 Its settings, :class:`~attnrhythm.method.config.CreditConfig`, are declared in :mod:`.config`.
 """

@@ -1,4 +1,4 @@
-"""METHOD.md sections 1-4 as pure functions: layers, head classes, WAAD, FAI, Delta, roles.
+"""docs/method.md sections 1-4 as pure functions: layers, head classes, WAAD, FAI, Delta, roles.
 
 Every function takes the reductions of one sequence restricted to its response (index 0 is
 the first response token) and returns plain tensors or index lists. "Undefined" values are
@@ -19,7 +19,7 @@ from attnrhythm.spans import parse_horizon  # noqa: F401  (the horizon of FAI, s
 
 
 def round_half_up(x: float) -> int:
-    """Round to the nearest integer, halves away from zero for x >= 0 (METHOD.md's rounding)."""
+    """Round to the nearest integer, halves away from zero for x >= 0 (docs/method.md's rounding)."""
     return int(math.floor(x + 0.5))
 
 
@@ -75,7 +75,7 @@ class HeadClasses:
 
 
 def head_distance(span: torch.Tensor, rows: int) -> torch.Tensor:
-    """d[l,h]: mean over the ``rows`` response rows of sum_s A[t,s](t-s).
+    """d[l,h]: mean over the ``rows`` response rows of ``sum_s A[t,s] * (t-s)``.
 
     ``span`` (L, H) is that sum over the response rows (:attr:`stats.LayerReductions.span`).
     """
@@ -251,7 +251,7 @@ def find_roles(
     tau_delta: float | None = None,
     bottom: bool = False,
 ) -> Roles:
-    """Preplan = TopQ(Delta), anchor = TopQ(FAI), D and I(D) per METHOD.md section 4."""
+    """Preplan = TopQ(Delta), anchor = TopQ(FAI), D and I(D) per docs/method.md section 4."""
     if k < 1:
         raise AttnRhythmError(f"bad k {k}: the look-back for dominated anchors must be >= 1")
     preplan = top_q(delta_values, q, bottom=bottom)

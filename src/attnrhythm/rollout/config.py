@@ -25,7 +25,7 @@ class RhythmCreditConfig(Composed):
 
     Attributes:
         strategy: one of ``none``, ``random``, ``entropy``, ``local``, ``global``, ``coupled``
-            (METHOD.md section 5). ``none`` is plain GRPO: no credit forward at all.
+            (docs/method.md section 5). ``none`` is plain GRPO: no credit forward at all.
         analysis: the :class:`~attnrhythm.analyze.AnalysisConfig` of the credit forward (its
             ``credit`` holds q, amp, alpha, k, tau_waad, tau_delta, selection and the seed of the
             random baseline, which draws a fresh subset per sequence). Receiver heads are a

@@ -1,4 +1,4 @@
-"""GRPO training with attention-rhythm credit (METHOD.md section 5) on top of TRL.
+"""GRPO training with attention-rhythm credit (docs/method.md section 5) on top of TRL.
 
 Needs the ``train`` extra (``pip install 'attnrhythm[train]'``: TRL 1.16, accelerate, datasets)::
 

@@ -90,7 +90,7 @@ class TrainSettings(Composed):
         task, task_options: the task name and the keyword arguments of its class
             (e.g. ``{"n_numbers": [2, 2], "max_number": 10}`` for countdown).
         rhythm: the credit (:class:`RhythmCreditConfig`: strategy, credit forward, analysis and
-            credit parameters; METHOD.md sections 1-5).
+            credit parameters; docs/method.md sections 1-5).
         load: the model (``model``: ``embedded``, a checkpoint directory, a ``.gguf`` file or a
             cached hub id) and ``device`` (``auto``: CUDA when available, ``cpu`` or ``cuda``).
         steps: optimiser steps (``max_steps``).

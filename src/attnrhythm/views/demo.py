@@ -51,7 +51,7 @@ PROBLEMS: tuple[Problem, ...] = (
     ),
 )
 
-#: role letter, name, record field, style when it marks a token on its own (METHOD.md section 4)
+#: role letter, name, record field, style when it marks a token on its own (docs/method.md section 4)
 ROLES: tuple[tuple[str, str, str], ...] = (
     ("P", "preplan", "preplan"),
     ("A", "anchor", "anchor"),

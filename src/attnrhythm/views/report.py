@@ -15,7 +15,7 @@ shares and distributions across traces; ``#trace-I`` (I = 0-based position in th
 
 **Peaks** (report, figure and studies alike: :func:`attnrhythm.method.peaks.peaks`): position t is a
 peak of a curve x when x_t is defined, x_t is among the ceil(q * count) largest defined values
-(q = the record's ``credit.q``, METHOD.md's TopQ; ties at the threshold count), x_t > x_{t-1}
+(q = the record's ``credit.q``, the TopQ of docs/method.md; ties at the threshold count), x_t > x_{t-1}
 and x_t >= x_{t+1} (an undefined or missing neighbour does not block). So peaks are the local
 maxima among the tokens TopQ would select.
 
@@ -629,7 +629,23 @@ __CSS__
 <div id="trace" hidden></div>
 </main>
 <footer><span id="rendered"></span> &middot; peaks: local maxima among the TopQ (q = credit.q) values
-of a curve &middot; roles and metrics as in METHOD.md</footer>
+of a curve
+<details class="defs"><summary>definitions</summary><dl>
+<dt>WAAD</dt><dd>how far back a token looks: sum over s &le; t of
+A<sub>local</sub>[t,s]&middot;min(t&minus;s, W),
+mean map of the local (shortest-span) heads</dd>
+<dt>&Delta;</dt><dd>|WAAD<sub>t</sub> &minus; WAAD<sub>t+1</sub>|</dd>
+<dt>FAI</dt><dd>how much later tokens attend to a token: mean of A<sub>global</sub>[t,s]
+over the response tokens t from s+lo to s+hi, mean map of the global (longest-span) heads;
+empty where no such t exists</dd>
+<dt>entropy</dt><dd>of the next-token distribution that produced the token (nats)</dd>
+<dt>preplan / anchor</dt><dd>the ceil(q&middot;n) largest &Delta; / FAI values (TopQ)</dd>
+<dt>dominated anchor</dt><dd>an anchor with WAAD &le; tau_waad and a &Delta; &ge; tau_delta
+among the k tokens before it; its <b>intro token</b> is the one of those with the largest &Delta;</dd>
+<dt>&gamma; coupled</dt><dd>1 + (amp&minus;1) on anchors that are not dominated,
+(1&minus;alpha)(amp&minus;1) on dominated anchors, alpha(amp&minus;1) added on intro tokens</dd>
+</dl>Li et al. 2025, <a href="https://arxiv.org/abs/2510.13554">arXiv:2510.13554</a>;
+attnrhythm's docs/method.md</details></footer>
 <div id="tip" hidden></div>
 <script type="application/json" id="ar-index">__INDEX__</script>
 __TRACES__

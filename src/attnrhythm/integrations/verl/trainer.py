@@ -10,7 +10,7 @@ three overrides, all through verl's own hooks:
 * ``_compute_old_log_prob``: after verl's old log-probs, the actor workers compute gamma for the
   batch with the same weights (the current policy) and store it beside the batch;
 * ``_compute_advantage``: after verl's advantage estimator (GRPO), the token advantages become
-  ``gamma * A`` where ``A >= 0`` and stay ``A`` where ``A < 0`` (METHOD.md section 5), and the
+  ``gamma * A`` where ``A >= 0`` and stay ``A`` where ``A < 0`` (docs/method.md section 5), and the
   ``rhythm/*`` metrics join the step's metrics.
 """
 
