@@ -7,7 +7,7 @@ policy's attention over each prompt + completion (the weights that just generate
 gradients) gives gamma for the configured strategy, and the advantages become
 
     A~[b, t] = gamma[b, t] * A[b]   where A[b] >= 0,
-    A~[b, t] = A[b]                 where A[b] <  0        (METHOD.md section 5).
+    A~[b, t] = A[b]                 where A[b] <  0        (docs/method.md section 5).
 
 Everything downstream (buffering over ``steps_per_generation``, shuffling, every loss type)
 treats the (B, T) advantages like TRL's own.
@@ -115,7 +115,7 @@ class RhythmGRPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` whose advantages are shaped by attention-rhythm credit.
 
     Takes every argument of ``GRPOTrainer`` plus ``rhythm`` (a :class:`RhythmCreditConfig`;
-    default: coupled credit with METHOD.md's parameters). With ``strategy="none"`` it is plain
+    default: coupled credit with docs/method.md's parameters). With ``strategy="none"`` it is plain
     GRPO: no credit forward, advantages untouched.
 
     Unless the strategy is ``none``, the policy is switched to the ``attnrhythm`` attention
