@@ -359,11 +359,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # sub-commands in their own modules (they read the shared options above)
+from attnrhythm.cli.diff import register as _register_diff  # noqa: E402
 from attnrhythm.cli.study import register as _register_study  # noqa: E402
 from attnrhythm.cli.train import register as _register_train  # noqa: E402
 
 _register_study(app)
 _register_train(app)
+_register_diff(app)
 
 if __name__ == "__main__":
     main()
