@@ -53,9 +53,11 @@ SETTINGS = ("layers", "window", "fai_horizon", "head_quantile", "credit")
 def compare_records(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """The diff of one trace read on two sides (both records of the same token sequence)."""
     key = str(a.get("key", b.get("key", "trace")))
+    _check_record(a, f"side A, trace {key!r}", tokens_only=True)
+    _check_record(b, f"side B, trace {key!r}", tokens_only=True)
+    same_tokens(a, b, key)  # before the other fields: a different split shows as different lengths
     _check_record(a, f"side A, trace {key!r}")
     _check_record(b, f"side B, trace {key!r}")
-    same_tokens(a, b, key)
     n = len(a["input_ids"]) - a["response_start"]
     roles = {}
     jaccard = {}
@@ -173,7 +175,7 @@ def _gamma_change(ga: Sequence[Any], gb: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def _check_record(record: Any, where: str) -> None:
+def _check_record(record: Any, where: str, *, tokens_only: bool = False) -> None:
     """One line for a record this diff cannot read (the fields it uses)."""
     if not isinstance(record, dict):
         raise AttnRhythmError(f"{where} is not a JSON object: pass records written by `attnrhythm analyze`")
@@ -192,6 +194,8 @@ def _check_record(record: Any, where: str) -> None:
     ids, r0 = record.get("input_ids"), record.get("response_start")
     if not isinstance(ids, list) or not isinstance(r0, int) or not 0 < r0 < len(ids):
         raise bad("input_ids/response_start")
+    if tokens_only:
+        return
     n = len(ids) - r0
     metrics = record.get("metrics")
     if not isinstance(metrics, dict):
