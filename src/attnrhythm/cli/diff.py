@@ -60,8 +60,9 @@ def register(app: typer.Typer) -> None:
         """Compare the rhythm of the same traces on two sides: role Jaccards, FAI/WAAD Spearman,
         head-class changes, gamma change; per trace and overall.
 
-        Sides are two models (each trace of --traces analysed under both, with the same settings)
-        or two records files of the same traces (matched by key). Token sequences must be equal.
+        Sides: two models (each trace of --traces analysed under both, the same settings).
+
+        Or: two records files of the same traces (matched by key). Token sequences must be equal.
         """
         from rich.markup import escape
 
