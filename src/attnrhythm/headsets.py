@@ -35,6 +35,7 @@ import torch
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.method.rhythm import HeadClasses, classify_heads
+from attnrhythm.records import check_file_target, write_text_atomic
 from attnrhythm.schema import record_floats
 
 FORMAT = "attnrhythm-heads"
@@ -273,17 +274,10 @@ def check_corpus_heads(data: Any, where: str = "head set") -> None:
 
 def write_heads_file(data: dict[str, Any], out: str | Path) -> Path:
     """Write a head set as JSON atomically: one line per matrix row and per [layer, head] pair."""
-    import os
     import re
 
-    out = Path(out)
-    if out.is_dir():
-        raise AttnRhythmError(f"--out {out} is a directory: give a file name like heads.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    out = check_file_target(out, "heads.json")
     text = json.dumps(data, indent=1, ensure_ascii=False)
     # innermost lists (numbers only) on one line each
     text = re.sub(r"\[([^\[\]{}\"]*)\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(out, text + "\n")

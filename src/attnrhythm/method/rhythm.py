@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.method.config import CreditConfig
+from attnrhythm.spans import parse_horizon  # noqa: F401  (the horizon of FAI, section 3)
 
 
 def round_half_up(x: float) -> int:
@@ -59,26 +61,6 @@ def parse_layers(spec: str | list[int] | None, n_layers: int) -> list[int]:
         if layer not in layers:
             layers.append(layer)
     return sorted(layers)
-
-
-def parse_horizon(spec: str | tuple[int, int | None]) -> tuple[int, int | None]:
-    """``LO:HI`` or ``LO:end`` -> (lo, hi) with hi None for end; 0 <= lo <= hi."""
-    if isinstance(spec, tuple):
-        lo, hi = spec
-    else:
-        parts = spec.strip().split(":")
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            lo = int(parts[0])
-            hi = None if parts[1].strip().lower() == "end" else int(parts[1])
-        except ValueError:
-            raise AttnRhythmError(
-                f"bad FAI horizon {spec!r}: write LO:HI or LO:end with integers, e.g. 10:50"
-            ) from None
-    if lo < 0 or (hi is not None and hi < lo):
-        raise AttnRhythmError(f"bad FAI horizon {lo}:{'end' if hi is None else hi}: need 0 <= LO <= HI")
-    return int(lo), (None if hi is None else int(hi))
 
 
 # ---------------------------------------------------------------- heads (section 2)
@@ -263,8 +245,8 @@ def find_roles(
     fai_values: torch.Tensor,
     delta_values: torch.Tensor,
     *,
-    q: float = 0.4,
-    k: int = 3,
+    q: float = CreditConfig.q,
+    k: int = CreditConfig.k,
     tau_waad: float | None = None,
     tau_delta: float | None = None,
     bottom: bool = False,

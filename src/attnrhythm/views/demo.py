@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from attnrhythm.method.config import ROLE_NAMES as ROLE_ORDER
 from attnrhythm.views.report import record_correct
 
 
@@ -181,7 +182,7 @@ def token_table(record: dict[str, Any], rows: int = 0) -> Table:
 def summary_table(records: list[dict[str, Any]], max_new_tokens: int | None = None) -> tuple[Table, str]:
     """One row per answer; columns whose value is the same for every answer are left out (with
     two or more answers) and named in the returned note instead."""
-    names = ["#", "tokens", "ended", "correct", "preplan", "anchor", "dominated", "intro", "mean γ coupled"]
+    names = ["#", "tokens", "ended", "correct", *ROLE_ORDER, "mean γ coupled"]
     rows = []
     for i, record in enumerate(records, 1):
         n = len(record["input_ids"]) - int(record["response_start"])
@@ -189,7 +190,7 @@ def summary_table(records: list[dict[str, Any]], max_new_tokens: int | None = No
         cut = max_new_tokens is not None and bool(record.get("generated", True)) and n >= max_new_tokens
         rows.append(
             [str(i), str(n), "cut" if cut else "done", answer_ok(record)]
-            + [str(len(record["roles"][k])) for k in ("preplan", "anchor", "dominated", "intro")]
+            + [str(len(record["roles"][k])) for k in ROLE_ORDER]
             + [f"{sum(coupled) / len(coupled):.3f}"]
         )
     keep = [

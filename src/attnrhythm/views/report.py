@@ -36,14 +36,16 @@ from typing import Any
 
 import numpy as np
 
+from attnrhythm import display, spans
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.method.config import ROLE_NAMES
 from attnrhythm.method.peaks import peaks
+from attnrhythm.records import check_file_target, write_text_atomic
 from attnrhythm.schema import SCHEMA_VERSION
-from attnrhythm.schema import parse_span as _parse_span
 from attnrhythm.tasks.mathcheck import math_reward
 
 DEFAULT_SPAN = 128
-ROLES = ("preplan", "anchor", "dominated", "intro")
+ROLES = ROLE_NAMES
 
 #: (metrics key, long label, short label, colour, peak colour)
 SERIES = (
@@ -170,17 +172,9 @@ def check_record(record: Any, i: int = 0, source: str | None = None) -> None:
 # ------------------------------------------------------------------ spans and maps
 
 
-def parse_span(spec: str | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
-    """The span parser of :mod:`schema`, letting None (no span asked) through."""
-    return None if spec is None else _parse_span(spec)
-
-
-def fit_span(span: tuple[int, int], n: int) -> tuple[int, int] | None:
-    """Clip ``span`` to a response of ``n`` tokens; None when fewer than 2 of its tokens are in it."""
-    start, end = span
-    if start >= n - 1:
-        return None
-    return start, min(end, n)
+def parse_span(spec: str | tuple[int, int] | list[int] | None, **options: Any) -> tuple[int, int] | None:
+    """:func:`attnrhythm.spans.parse_span`, letting None (no span asked) through."""
+    return None if spec is None else spans.parse_span(spec, **options)
 
 
 def _saved_maps(record: dict[str, Any], where: str) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
@@ -225,7 +219,7 @@ def trace_maps(
             (a, b), local, glob = saved
             return {"span": (a, b), "local": local, "global": glob, "source": "saved in the record"}, None
         span = (0, DEFAULT_SPAN)
-    fitted = fit_span(span, n)
+    fitted = spans.clip_span(span, n)
     if fitted is None:
         return None, (
             f"The map window {span[0]}:{span[1]} is outside this response ({n} tokens): pick a --span "
@@ -261,7 +255,7 @@ def check_span_fits(records: list[dict[str, Any]], span: tuple[int, int] | None)
     if span is None:
         return
     lengths = [n_response(r) for r in records]
-    if not any(fit_span(span, n) is not None for n in lengths):
+    if not any(spans.clip_span(span, n) is not None for n in lengths):
         which = (
             f"the response ({lengths[0]} tokens)"
             if len(lengths) == 1
@@ -758,14 +752,7 @@ def write_report(
 
 def write_page(page: str, out: str | Path) -> Path:
     """Write a page atomically (a temporary file, then one rename)."""
-    out = Path(out)
-    if out.is_dir():
-        raise AttnRhythmError(f"--out {out} is a directory: give a file name like report.html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(check_file_target(out, "report.html"), page)
 
 
 # ------------------------------------------------------------------ notebooks
@@ -848,3 +835,10 @@ def iframe(page: str, height: int = 760) -> str:
         f'style="width:100%;height:{int(height)}px;border:1px solid #d0d4dc;border-radius:4px" '
         'title="attnrhythm report"></iframe>'
     )
+
+
+def _trace_view(result: Any) -> str:
+    return Report([result])._repr_html_()
+
+
+display.register("trace", _trace_view)  # TraceResult._repr_html_ renders with this report
