@@ -134,6 +134,10 @@ def test_yaml_load_override_and_unknown_key(tmp_path, tiny_yaml):
     settings = TrainSettings.from_yaml(tiny_yaml)
     assert settings.task == "countdown" and settings.steps == 2 and settings.num_generations == 2
     assert settings.rhythm_config().fai_horizon == (2, 8)
+    credit = settings.rhythm_config().credit_config()
+    assert (credit.gamma_norm, credit.shape) == ("none", "positive")
+    knobs = settings.replace(gamma_norm="mean", shape="both").rhythm_config().credit_config()
+    assert (knobs.gamma_norm, knobs.shape) == ("mean", "both")
     changed = settings.replace(steps=5, strategy="global", seed=None)
     assert changed.steps == 5 and changed.strategy == "global" and changed.seed == settings.seed
     bad = tmp_path / "bad.yaml"
@@ -275,6 +279,8 @@ def test_train_and_eval_on_a_reasoning_gym_task(capsys, tiny_dir, tmp_path):
         (("train", "--task", "chess"), "unknown task"),
         (("train", "--strategy", "best"), "unknown credit strategy"),
         (("train", "--credit-forward", "both"), "bad credit forward"),
+        (("train", "--gamma-norm", "sum"), "bad gamma_norm"),
+        (("train", "--shape", "negative"), "bad shape"),
         (("train", "--num-iterations", 0), "num_iterations"),
         (("train", "--steps", 0), "steps"),
         (("train", "--model", "/nonexistent/model-dir", "--steps", 1), "does not exist"),

@@ -263,6 +263,41 @@ def test_two_step_run_logs_and_shapes(tokenizer, tmp_path, monkeypatch, strategy
         assert (shaped[0] > batch["advantages"][0]).any()
 
 
+def test_gamma_norm_and_shape_in_the_hook(tokenizer, tmp_path, monkeypatch):
+    """gamma_norm=mean, shape=both: each row's mass over its loss tokens is kept, both signs shaped.
+
+    The stubbed batch's loss mask (completion x tool mask) is narrower than the analysed response on
+    row 4, so the gamma of the analysis is renormalised over the loss tokens there.
+    """
+    batch = stub_batch(tokenizer)
+    monkeypatch.setattr(
+        GRPOTrainer,
+        "_generate_and_score_completions",
+        lambda self, inputs: {k: v.clone() for k, v in batch.items()},
+    )
+    loss = (batch["completion_mask"] * batch["tool_mask"]).bool()
+    adv = batch["advantages"][:, None].expand(loss.shape)
+    shaped = {}
+    for norm, shape in (("none", "positive"), ("mean", "positive"), ("mean", "both"), ("none", "both")):
+        rhythm = rhythm_config("coupled", gamma_norm=norm, shape=shape)
+        trainer = make_trainer(tokenizer, tmp_path / f"{norm}-{shape}", rhythm)
+        out = trainer._generate_and_score_completions([])["advantages"]
+        shaped[norm, shape] = out
+        assert torch.equal(out[~loss], adv[~loss])  # outside the loss mask: A as it was
+        if norm == "mean":
+            for b in range(out.shape[0]):  # mass preserved, for either sign
+                torch.testing.assert_close(out[b][loss[b]].sum(), adv[b][loss[b]].sum(), rtol=1e-6, atol=1e-6)
+    plain = shaped["none", "positive"]
+    assert torch.equal(plain[1], adv[1])  # the paper's rule: A < 0 untouched
+    assert not torch.equal(shaped["none", "both"][1][loss[1]], adv[1][loss[1]])  # both: shaped too
+    gam = plain[0] / adv[0]  # row 0: A > 0, every token in the loss
+    torch.testing.assert_close(shaped["mean", "positive"][0], adv[0] * gam / gam.mean(), rtol=1e-6, atol=0)
+    # row 1 (A < 0) under both: the same gamma pattern as a positive row would get, negative
+    neg = shaped["mean", "both"][1][loss[1]] / adv[1][loss[1]]
+    torch.testing.assert_close(neg.mean(), torch.tensor(1.0), rtol=1e-6, atol=1e-6)
+    assert (neg > 1).any() and (neg < 1).any()
+
+
 def test_accumulation_and_reuse_split_token_advantages(tokenizer, tmp_path):
     """One rollout batch of 4 feeds 2 micro-batches, twice (num_iterations=2): (B, T) advantages split."""
     trainer = make_trainer(
@@ -339,6 +374,11 @@ def test_config_validation():
         RhythmCreditConfig(selection="middle")
     with pytest.raises(AttnRhythmError, match="horizon"):
         RhythmCreditConfig(fai_horizon="9:3")
+    with pytest.raises(AttnRhythmError, match="gamma_norm"):
+        RhythmCreditConfig(gamma_norm="sum")
+    with pytest.raises(AttnRhythmError, match="shape"):
+        RhythmCreditConfig(shape="negative")
+    assert RhythmCreditConfig(gamma_norm="mean", shape="both").credit_config().shape == "both"
     config = RhythmCreditConfig(strategy="global", fai_horizon="4:end", amp=2.0, layers="0,1")
     assert config.fai_horizon == (4, None)
     assert config.credit_config().amp == 2.0 and config.analysis_config().layers == "0,1"

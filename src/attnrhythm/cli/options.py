@@ -32,6 +32,9 @@ KOpt = typer.Option(3, "--k", help="Look-back (tokens) for the introductory toke
 TauWOpt = typer.Option(None, "--tau-waad", help="WAAD threshold for dominated anchors (default: median).")
 TauDOpt = typer.Option(None, "--tau-delta", help="Delta threshold for dominated anchors (default: median).")
 SelectionOpt = typer.Option("top", "--selection", help="top, or bottom for the ablation.")
+GAMMA_NORM_HELP = "none, or mean: each response's gamma divided by its mean over its loss tokens."
+SHAPE_HELP = "positive (gamma scales advantages >= 0 only, the paper), or both (negative ones too)."
+GammaNormOpt = typer.Option("none", "--gamma-norm", help=GAMMA_NORM_HELP)
 TileOpt = typer.Option(None, "--tile-size", help="Query rows per attention tile (default: a 16 MiB block).")
 ChatOpt = typer.Option(True, "--chat/--no-chat", help="Wrap the prompt in the model's chat template.")
 
@@ -44,7 +47,7 @@ def analysis_config(*, heads: Path | None, save_maps: str | None, tile_size: int
     fixed = heads_layers = None
     if heads is not None:
         heads_layers, fixed = load_heads_file(heads)
-    credit_keys = ("q", "amp", "alpha", "k", "tau_waad", "tau_delta", "selection", "seed")
+    credit_keys = ("q", "amp", "alpha", "k", "tau_waad", "tau_delta", "selection", "seed", "gamma_norm")
     credit = CreditConfig(**{key: values.pop(key) for key in credit_keys})
     return AnalysisConfig(
         **values,

@@ -54,6 +54,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` and ``eval`` commands to ``app``."""
+    from attnrhythm.cli import options as opts
     from attnrhythm.cli.options import ModelOpt, console, out_console
     from attnrhythm.cli.options import progress as _progress
 
@@ -72,6 +73,8 @@ def register(app: typer.Typer) -> None:
         amp: float = typer.Option(None, "--amp", help="Credit amplification of selected tokens."),
         alpha: float = typer.Option(None, "--alpha", help="Share of a dominated anchor's credit moved."),
         k: int = typer.Option(None, "--k", help="Look-back for the introductory token."),
+        gamma_norm: str = typer.Option(None, "--gamma-norm", help=opts.GAMMA_NORM_HELP),
+        shape: str = typer.Option(None, "--shape", help=opts.SHAPE_HELP),
         credit_forward: str = typer.Option(
             None,
             "--credit-forward",
@@ -126,6 +129,8 @@ def register(app: typer.Typer) -> None:
             amp=amp,
             alpha=alpha,
             k=k,
+            gamma_norm=gamma_norm,
+            shape=shape,
             credit_forward=credit_forward,
             num_iterations=num_iterations,
             rhythm_options={**settings.rhythm_options, "heads": str(heads.resolve())}

@@ -29,7 +29,7 @@ import torch
 from attnrhythm.analyze import Analyzer, TraceInput, TraceResult
 from attnrhythm.attention.capture import capturing
 from attnrhythm.attention.sharding import agreed_count
-from attnrhythm.method.credit import CreditConfig, gamma
+from attnrhythm.method.credit import CreditConfig, gamma, normalize_gamma
 
 ROLE_NAMES: tuple[str, ...] = ("preplan", "anchor", "dominated", "intro")
 COUNT_KEYS: tuple[str, ...] = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)
@@ -172,7 +172,9 @@ def credit_from_results(
     """Lay the analysed rows' gamma for ``strategy`` onto the (B, T) completion grid; count roles.
 
     ``results`` holds (row, result) for the analysed rows; every other row and every position
-    outside ``loss_mask`` (default ``completion_mask``) keeps gamma = 1.
+    outside ``loss_mask`` (default ``completion_mask``) keeps gamma = 1. With
+    ``credit.gamma_norm == "mean"`` each row's gamma has mean 1 over its ``loss_mask`` tokens, the
+    gamma :func:`~attnrhythm.method.credit.shape_advantages` then applies (and the counts log).
     """
     bsz, width = completion_ids.shape
     out = torch.ones(bsz, width, dtype=torch.float32)
@@ -198,7 +200,9 @@ def credit_from_results(
             idx = getattr(res.roles, name)
             if idx:
                 counts[name] += float(row_mask[torch.tensor(idx, dtype=torch.long)].sum())
-    out = torch.where(lm, out, torch.ones_like(out))  # masked positions: no credit
+    # masked positions: no credit; gamma_norm "mean": mean 1 over each row's loss tokens (the
+    # analysis normalised over the whole response, the loss mask may be narrower, e.g. tool output)
+    out = normalize_gamma(out, lm, credit.gamma_norm)
     counts["gamma_sum"] = float(out[lm].sum())
     counts["amplified"] = float((out[lm] > 1).sum())
     return RolloutCredit(gamma=out.to(completion_ids.device), counts=counts)

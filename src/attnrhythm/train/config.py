@@ -38,9 +38,11 @@ class RhythmCreditConfig:
     Attributes:
         strategy: one of ``none``, ``random``, ``entropy``, ``local``, ``global``, ``coupled``
             (METHOD.md section 5). ``none`` is plain GRPO: no credit forward at all.
-        q, amp, alpha, k, tau_waad, tau_delta, selection, seed: the fields of
+        q, amp, alpha, k, tau_waad, tau_delta, selection, seed, gamma_norm, shape: the fields of
             :class:`~attnrhythm.method.credit.CreditConfig` (``selection="bottom"`` is the ablation;
-            ``seed`` seeds the random baseline, which draws a fresh subset per sequence).
+            ``seed`` seeds the random baseline, which draws a fresh subset per sequence;
+            ``gamma_norm="mean"`` makes gamma's mean over each response's loss tokens 1;
+            ``shape="both"`` scales negative advantages too).
         layers, window, fai_horizon, head_quantile: the analysis parameters of
             :class:`~attnrhythm.analyze.AnalysisConfig` (METHOD.md sections 1-3).
         heads: a fixed head set file (``--heads``: a ``heads.json`` of ``attnrhythm heads``, or a
@@ -66,6 +68,8 @@ class RhythmCreditConfig:
     tau_delta: float | None = None
     selection: str = "top"
     seed: int = 0
+    gamma_norm: str = "none"
+    shape: str = "positive"
     # AnalysisConfig
     layers: str | list[int] = "mid5"
     window: int = 10
@@ -111,6 +115,8 @@ class RhythmCreditConfig:
             tau_delta=self.tau_delta,
             selection=self.selection,
             seed=self.seed,
+            gamma_norm=self.gamma_norm,
+            shape=self.shape,
         )
 
     def analysis_config(self) -> AnalysisConfig:

@@ -8,7 +8,11 @@ is the hook overridden here: after TRL has computed the group-normalised advanta
 batch, no gradients) gives gamma for the configured strategy, and the advantages become
 
     A~[b, t] = gamma[b, t] * A[b]   where A[b] >= 0,
-    A~[b, t] = A[b]                 where A[b] <  0        (METHOD.md section 5).
+    A~[b, t] = A[b]                 where A[b] <  0        (METHOD.md section 5),
+
+or the variants ``RhythmCreditConfig.shape="both"`` (gamma scales A[b] < 0 too) and
+``gamma_norm="mean"`` (gamma divided by its mean over the row's loss tokens first), both in
+:func:`attnrhythm.method.credit.shape_advantages`.
 
 Everything downstream (buffering over ``steps_per_generation``, shuffling, every loss type)
 treats the (B, T) advantages like TRL's own.
@@ -255,7 +259,9 @@ class RhythmGRPOTrainer(GRPOTrainer):
                     batch_size=self.rhythm.batch_size,
                     seed_base=seed_base,
                 )
-        output["advantages"] = shape_advantages(output["advantages"], credit.gamma, loss_mask)
+        output["advantages"] = shape_advantages(
+            output["advantages"], credit.gamma, loss_mask, self.rhythm.credit_config()
+        )
         seconds = time.perf_counter() - started
         self._log_rhythm(metrics, credit.counts, seconds)
         metrics["rhythm/fused"].append(float(fused is not None and fused.done))

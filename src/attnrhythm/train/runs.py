@@ -81,6 +81,9 @@ class TrainSettings:
         task, task_options: the task name and the keyword arguments of its class
             (e.g. ``{"n_numbers": [2, 2], "max_number": 10}`` for countdown).
         strategy, selection, q, amp, alpha, k: the credit (METHOD.md section 5).
+        gamma_norm: ``none`` (default) or ``mean`` (gamma's mean over each completion's loss tokens
+            is 1: a rollout's advantage mass is preserved).
+        shape: ``positive`` (default: only advantages >= 0 are scaled) or ``both``.
         rhythm_options: further :class:`RhythmCreditConfig` fields (``window``, ``fai_horizon``,
             ``layers``, ``batch_size``, ...).
         credit_forward: ``auto`` (default), ``fused`` or ``separate``: whether the attention
@@ -112,6 +115,8 @@ class TrainSettings:
     amp: float = 1.5
     alpha: float = 0.5
     k: int = 3
+    gamma_norm: str = "none"
+    shape: str = "positive"
     rhythm_options: dict[str, Any] = field(default_factory=dict)
     credit_forward: str = "auto"
     model: str = "embedded"
@@ -250,6 +255,8 @@ class TrainSettings:
             amp=self.amp,
             alpha=self.alpha,
             k=self.k,
+            gamma_norm=self.gamma_norm,
+            shape=self.shape,
             **{"seed": self.seed, "credit_forward": self.credit_forward, **options},
         )
 
