@@ -281,6 +281,8 @@ def test_train_and_eval_on_a_reasoning_gym_task(capsys, tiny_dir, tmp_path):
         (("train", "--credit-forward", "both"), "bad credit forward"),
         (("train", "--gamma-norm", "sum"), "bad gamma_norm"),
         (("train", "--shape", "negative"), "bad shape"),
+        (("train", "--heads", "refresh:0"), "refresh:K"),
+        (("train", "--heads", "/nonexistent/heads.json"), "does not exist"),
         (("train", "--num-iterations", 0), "num_iterations"),
         (("train", "--steps", 0), "steps"),
         (("train", "--model", "/nonexistent/model-dir", "--steps", 1), "does not exist"),

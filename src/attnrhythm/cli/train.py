@@ -43,6 +43,14 @@ def _task_options(items: list[str] | None) -> dict[str, Any] | None:
     return options
 
 
+def _heads_setting(value: str) -> str:
+    """The --heads value as saved in the run's settings: a head set file becomes an absolute path."""
+    from attnrhythm.train.config import parse_heads
+
+    option = parse_heads(value)
+    return str(Path(option.path).resolve()) if option.mode == "file" else value
+
+
 def _write_json(path: Path, data: Any) -> None:
     import os
 
@@ -83,8 +91,11 @@ def register(app: typer.Typer) -> None:
         num_iterations: int = typer.Option(
             None, "--num-iterations", help="Optimiser passes over each rollout batch (TRL's num_iterations)."
         ),
-        heads: Path = typer.Option(
-            None, "--heads", help="Fixed head set for the credit (heads.json of `attnrhythm heads`)."
+        heads: str = typer.Option(
+            None,
+            "--heads",
+            help="sequence (per-sequence classes), a fixed head set FILE (heads.json of `attnrhythm "
+            "heads`), or refresh:K (the corpus head set re-derived every K steps from recent rollouts).",
         ),
         model: str = typer.Option(
             None, "--model", "-m", help="'embedded', a checkpoint directory, a .gguf file or a cached hub id."
@@ -133,7 +144,7 @@ def register(app: typer.Typer) -> None:
             shape=shape,
             credit_forward=credit_forward,
             num_iterations=num_iterations,
-            rhythm_options={**settings.rhythm_options, "heads": str(heads.resolve())}
+            rhythm_options={**settings.rhythm_options, "heads": _heads_setting(heads)}
             if heads is not None
             else None,
             model=model,

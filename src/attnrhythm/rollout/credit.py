@@ -67,6 +67,7 @@ class RolloutCredit:
 
     gamma: torch.Tensor  # (B, T) float32, 1 where no credit applies
     counts: dict[str, float] = field(default_factory=dict)
+    spans: list[torch.Tensor] = field(default_factory=list)  # head span d[l,h] of each analysed row
 
 
 def sequence_seed(base: int, step: int, rank: int, index: int) -> int:
@@ -205,7 +206,8 @@ def credit_from_results(
     out = normalize_gamma(out, lm, credit.gamma_norm)
     counts["gamma_sum"] = float(out[lm].sum())
     counts["amplified"] = float((out[lm] > 1).sum())
-    return RolloutCredit(gamma=out.to(completion_ids.device), counts=counts)
+    spans = [res.distance for _, res in results]
+    return RolloutCredit(gamma=out.to(completion_ids.device), counts=counts, spans=spans)
 
 
 @dataclass

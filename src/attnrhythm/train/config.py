@@ -12,6 +12,35 @@ from attnrhythm.method.rhythm import parse_horizon
 CREDIT_FORWARDS: tuple[str, ...] = ("auto", "fused", "separate")
 
 
+@dataclass(frozen=True)
+class HeadsOption:
+    """The trainer's ``heads`` setting, parsed (:func:`parse_heads`).
+
+    ``mode``: ``sequence`` (classes per sequence, METHOD.md's default), ``file`` (a fixed head set
+    read from ``path``) or ``refresh`` (the corpus head set re-derived from the last ``every``
+    steps' rollouts every ``every`` steps).
+    """
+
+    mode: str
+    path: str | None = None
+    every: int = 0
+
+
+def parse_heads(value: str | None) -> HeadsOption:
+    """``None``/``sequence``, ``refresh:K`` (K >= 1) or a head set file: the one parser of ``heads``."""
+    if value is None or str(value).strip() in ("", "sequence"):
+        return HeadsOption("sequence")
+    text = str(value).strip()
+    if text.startswith("refresh:") or text == "refresh":
+        every = text.partition(":")[2]
+        if not every.isdigit() or int(every) < 1:
+            raise AttnRhythmError(
+                f"bad heads {text!r}: write refresh:K with K >= 1 steps, e.g. refresh:20"
+            )
+        return HeadsOption("refresh", every=int(every))
+    return HeadsOption("file", path=text)
+
+
 def trl_runs_old_logps_forward(
     gradient_accumulation_steps: int, steps_per_generation: int, num_iterations: int, vllm_is: bool = False
 ) -> bool:
@@ -45,8 +74,11 @@ class RhythmCreditConfig:
             ``shape="both"`` scales negative advantages too).
         layers, window, fai_horizon, head_quantile: the analysis parameters of
             :class:`~attnrhythm.analyze.AnalysisConfig` (METHOD.md sections 1-3).
-        heads: a fixed head set file (``--heads``: a ``heads.json`` of ``attnrhythm heads``, or a
-            JSON with ``local``/``global`` [layer, head] lists); None classifies heads per sequence.
+        heads: ``sequence`` (or None, the default): head classes per sequence; a head set file
+            (a ``heads.json`` of ``attnrhythm heads``, or a JSON with ``local``/``global`` [layer,
+            head] lists): fixed; ``refresh:K``: the corpus head set (``attnrhythm heads``' rule,
+            :func:`attnrhythm.headsets.corpus_heads`) re-derived every K steps from the rollouts of
+            the last K steps, per-sequence classes until the first refresh (:func:`parse_heads`).
         tile_size, logits_chunk: memory knobs of the streaming capture.
         batch_size: sequences per credit forward pass (the batch is cut into chunks of this size).
         credit_forward: where the attention statistics come from. ``separate``: one extra no-grad
@@ -122,8 +154,9 @@ class RhythmCreditConfig:
     def analysis_config(self) -> AnalysisConfig:
         # receiver heads are a study-only metric: receiver_count=0 keeps them out of the credit forward
         fixed = heads_layers = None
-        if self.heads is not None:
-            heads_layers, fixed = load_heads_file(self.heads)
+        option = parse_heads(self.heads)
+        if option.mode == "file":
+            heads_layers, fixed = load_heads_file(option.path)
         return AnalysisConfig(
             layers=self.layers,
             window=self.window,

@@ -65,9 +65,11 @@ Distributed notes (what the tests cover is said for each):
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -82,7 +84,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "attnrhythm.train needs TRL: install it with pip install 'attnrhythm[train]'"
     ) from err
 
-from attnrhythm.analyze import Analyzer, TraceResult
+from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceResult
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.method.credit import shape_advantages
 from attnrhythm.rollout.credit import (
@@ -92,7 +94,13 @@ from attnrhythm.rollout.credit import (
     rhythm_metrics,
     rollout_gamma,
 )
-from attnrhythm.train.config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
+from attnrhythm.rollout.heads import HeadRefresh
+from attnrhythm.train.config import (
+    FUSED_NEEDS_OLD_LOGPS,
+    RhythmCreditConfig,
+    parse_heads,
+    trl_runs_old_logps_forward,
+)
 
 _IMAGE_KEYS = ("pixel_values", "image_grid_thw", "num_images")
 
@@ -121,13 +129,17 @@ class RhythmGRPOTrainer(GRPOTrainer):
         self.rhythm = rhythm if rhythm is not None else RhythmCreditConfig()
         if not isinstance(self.rhythm, RhythmCreditConfig):
             raise AttnRhythmError(f"rhythm must be a RhythmCreditConfig, not {type(self.rhythm).__name__}")
+        heads = parse_heads(self.rhythm.heads)
+        self.head_refresh: HeadRefresh | None = None
+        if heads.mode == "refresh" and self.rhythm.strategy != "none":
+            self.head_refresh = HeadRefresh(heads.every, self.rhythm.head_quantile)
         super().__init__(*args, **kwargs)
         self._rhythm_analyzer: Analyzer | None = None
         self._rhythm_fused_batch: _FusedBatch | None = None
         self.rhythm_fused = self._fused_credit()
         if self.rhythm.strategy != "none":
             # switches the policy to the attnrhythm attention implementation now, before any generation
-            self._rhythm_analyzer = Analyzer(self._rhythm_policy(), self.rhythm.analysis_config())
+            self._rhythm_analyzer = Analyzer(self._rhythm_policy(), self._rhythm_analysis_config())
 
     def trl_runs_old_logps_forward(self) -> bool:
         """Whether TRL runs its no-grad ``old_per_token_logps`` forward for every rollout batch."""
@@ -154,6 +166,7 @@ class RhythmGRPOTrainer(GRPOTrainer):
 
     # -- the hooks ----------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        self._refresh_heads()  # before generation: the fused capture runs inside TRL's forward
         self._rhythm_fused_batch = _FusedBatch() if self.rhythm_fused else None
         try:
             output = super()._generate_and_score_completions(inputs)
@@ -263,14 +276,63 @@ class RhythmGRPOTrainer(GRPOTrainer):
             output["advantages"], credit.gamma, loss_mask, self.rhythm.credit_config()
         )
         seconds = time.perf_counter() - started
+        if self.head_refresh is not None:
+            from accelerate.utils import gather_object
+
+            spans = gather_object([s.tolist() for s in credit.spans])  # every rank: the same corpus
+            self.head_refresh.add(self._rhythm_analyzer.layers, spans)
+            metrics["rhythm/heads_refreshes"].append(float(self.head_refresh.refreshes))
         self._log_rhythm(metrics, credit.counts, seconds)
         metrics["rhythm/fused"].append(float(fused is not None and fused.done))
         return output
 
+    # -- head sets that follow training (heads: refresh:K) --------------------------------------
+    def _refresh_heads(self) -> None:
+        """Re-derive the corpus head set when K steps have passed since the last refresh."""
+        refresh = self.head_refresh
+        if refresh is None or not refresh.due(self.state.global_step):
+            return
+        change = refresh.refresh(self.state.global_step)
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        for name, value in change.items():
+            metrics[f"rhythm/{name}"].append(value)
+        self._rhythm_analyzer = None  # the next credit forward uses the new head set
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """TRL's checkpoint, plus ``rhythm_heads.json`` (the head refresh state) with ``refresh:K``."""
+        super()._save_checkpoint(model, trial)
+        if self.head_refresh is not None and self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.head_refresh.save(os.path.join(self._get_output_dir(trial=trial), folder))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; a resumed ``refresh:K`` run first restores the checkpoint's head set."""
+        if self.head_refresh is not None and resume_from_checkpoint:
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:
+                from transformers.trainer_utils import get_last_checkpoint
+
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint:
+                self.head_refresh.load(checkpoint)
+                self._rhythm_analyzer = None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     # -- helpers ------------------------------------------------------------------------
+    def _rhythm_analysis_config(self) -> AnalysisConfig:
+        """The credit's analysis settings, with the refreshed head set once there is one."""
+        config = self.rhythm.analysis_config()
+        fixed = self.head_refresh.classes() if self.head_refresh is not None else None
+        if fixed is None:
+            return config
+        layers, classes = fixed
+        return replace(config, heads=classes, heads_layers=layers)
+
     def _analyzer_for(self, policy: torch.nn.Module) -> Analyzer:
         if self._rhythm_analyzer is None or self._rhythm_analyzer.model is not policy:
-            self._rhythm_analyzer = Analyzer(policy, self.rhythm.analysis_config())
+            self._rhythm_analyzer = Analyzer(policy, self._rhythm_analysis_config())
         return self._rhythm_analyzer
 
     @staticmethod

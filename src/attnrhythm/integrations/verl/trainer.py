@@ -43,7 +43,7 @@ from attnrhythm.integrations.verl.worker import (
 )
 from attnrhythm.method.credit import CreditConfig, shape_advantages
 from attnrhythm.rollout.credit import COUNT_KEYS, rhythm_metrics
-from attnrhythm.train.config import RhythmCreditConfig
+from attnrhythm.train.config import RhythmCreditConfig, parse_heads
 
 MODE = "rhythm_grpo"
 # keys of the mode's section that verl itself reads (PPOTrainer: trainer.v1.<mode>.parameter_sync_step)
@@ -67,7 +67,13 @@ def rhythm_settings(config: DictConfig | Mapping[str, Any]) -> RhythmCreditConfi
             f"unknown rhythm credit setting(s) trainer.v1.{MODE}.{', '.join(unknown)}: "
             f"use the fields of RhythmCreditConfig ({', '.join(sorted(known))})"
         )
-    return RhythmCreditConfig(**values)
+    settings = RhythmCreditConfig(**values)
+    if parse_heads(settings.heads).mode == "refresh":
+        raise AttnRhythmError(
+            f"trainer.v1.{MODE}.heads={settings.heads}: head refresh runs in the TRL trainer only; in "
+            "verl use heads=sequence or a head set file (e.g. from `attnrhythm heads`)"
+        )
+    return settings
 
 
 def shape_verl_advantages(
