@@ -123,6 +123,15 @@ class RhythmGRPOTrainer(GRPOTrainer):
     in TRL's forward, 0 for a separate forward) and ``rhythm/seconds`` (wall time of the credit:
     the separate forward and the shaping; in fused mode the shaping only, since the reductions
     run inside TRL's forward and cannot be timed apart from it).
+
+    ``rhythm.heads = "refresh:K"`` (:class:`~attnrhythm.rollout.heads.HeadRefresh`): every K steps
+    (counted at each rollout batch, before generation) the corpus head set is re-derived from the
+    spans of the rollouts analysed since the last refresh (gathered over ranks); per-sequence
+    classes until the first refresh. Logged: ``rhythm/heads_refreshes`` every batch, and on
+    refresh steps ``rhythm/heads_traces`` plus, from the second refresh on,
+    ``rhythm/heads_local_jaccard``, ``rhythm/heads_global_jaccard`` and ``rhythm/heads_changed``
+    against the previous set. Each checkpoint gets ``rhythm_heads.json`` (``_save_checkpoint``);
+    ``train(resume_from_checkpoint=...)`` restores it.
     """
 
     def __init__(self, *args: Any, rhythm: RhythmCreditConfig | None = None, **kwargs: Any) -> None:

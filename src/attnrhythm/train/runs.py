@@ -33,13 +33,18 @@ The run directory (``output_dir``) holds:
   ``rhythm_seconds``          wall time of the credit forward within the step (0 for ``none``)
   ``rhythm/*``                every credit metric of :class:`RhythmGRPOTrainer` (``gamma_mean``,
                               ``amplified_share``, ``seconds``, role shares, ``analysed_share``,
-                              ``fused``: 1 when captured in TRL's forward)
+                              ``fused``: 1 when captured in TRL's forward; with ``heads:
+                              refresh:K`` also ``heads_refreshes`` and, on refresh steps,
+                              ``heads_traces``, ``heads_local_jaccard``, ``heads_global_jaccard``,
+                              ``heads_changed``: see docs/training.md)
   ``time``                    Unix time of the record
   ==========================  ==================================================================
 
   With ``logging_steps > 1`` the values are TRL's averages over the logged steps and
   ``seconds_per_step`` is the mean over them;
-* ``checkpoint-N/``: Hugging Face Trainer checkpoints every ``save_steps`` steps (0: none);
+* ``checkpoint-N/``: Hugging Face Trainer checkpoints every ``save_steps`` steps (0: none); with
+  ``heads: refresh:K`` each holds ``rhythm_heads.json`` (the head set in use and the spans
+  collected for the next refresh), which ``--resume`` restores;
 * ``final/``: the trained model and tokenizer (``save_pretrained``), loadable with ``--model``;
 * ``reward_curve.png``: reward and accuracy per step.
 
@@ -85,7 +90,7 @@ class TrainSettings:
             is 1: a rollout's advantage mass is preserved).
         shape: ``positive`` (default: only advantages >= 0 are scaled) or ``both``.
         rhythm_options: further :class:`RhythmCreditConfig` fields (``window``, ``fai_horizon``,
-            ``layers``, ``batch_size``, ...).
+            ``layers``, ``batch_size``, ``heads``: ``sequence``, a head set file or ``refresh:K``, ...).
         credit_forward: ``auto`` (default), ``fused`` or ``separate``: whether the attention
             statistics are captured in TRL's own old-logprob forward (run when ``num_iterations``
             > 1) or come from a separate credit forward (see :class:`RhythmCreditConfig`).
