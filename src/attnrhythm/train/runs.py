@@ -45,7 +45,8 @@ The run directory (``output_dir``) holds:
 * ``checkpoint-N/``: Hugging Face Trainer checkpoints every ``save_steps`` steps (0: none); with
   ``heads: refresh:K`` each holds ``rhythm_heads.json`` (the head set in use and the spans
   collected for the next refresh), which ``--resume`` restores;
-* ``final/``: the trained model and tokenizer (``save_pretrained``), loadable with ``--model``;
+* ``final/``: the trained model and tokenizer (``save_pretrained``), loadable with ``--model``
+  (with ``heads: refresh:K`` also its ``rhythm_heads.json``);
 * ``reward_curve.png``: reward and accuracy per step.
 
 ``train(settings, resume=True)`` continues from the newest ``checkpoint-N`` (optimizer, scheduler,
@@ -645,6 +646,8 @@ def train(
     records = read_metrics(output_dir)
     if main_process:
         tokenizer.save_pretrained(str(final))
+        if trainer.head_refresh is not None:  # heads refresh:K: the head set the run ended with
+            trainer.head_refresh.save(final)
         title = f"{settings.task} / {settings.strategy} / seed {settings.seed}"
         plot_reward_curve(records, output_dir / CURVE_FILE, title=title)
     seconds = [r["seconds_per_step"] for r in records if r.get("seconds_per_step") is not None]
