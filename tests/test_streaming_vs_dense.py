@@ -1,4 +1,4 @@
-"""The streaming capture equals the dense reference (METHOD.md on eager N x N maps).
+"""The streaming capture equals the dense reference (docs/method.md on eager N x N maps).
 
 Three levels:
 
@@ -295,7 +295,7 @@ def test_sliding_window_is_active(arch, window, sliding_layers):
 
 
 def dense_reductions(query, key, mask, *, scaling, window, bands, row_weight, softcap):
-    """METHOD.md's per-head vectors from full float64 softmax maps (fully masked rows -> 0)."""
+    """docs/method.md's per-head vectors from full float64 softmax maps (fully masked rows -> 0)."""
     q = query.double()
     k = key.double()
     group = q.shape[1] // k.shape[1]

@@ -20,13 +20,13 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from attnrhythm.analyze import Analyzer, TraceInput  # noqa: E402
+from attnrhythm.config import parse_heads  # noqa: E402
 from attnrhythm.errors import AttnRhythmError  # noqa: E402
 from attnrhythm.method.credit import gamma  # noqa: E402
 from attnrhythm.rollout.credit import sequence_seed  # noqa: E402
 from attnrhythm.rollout.heads import head_set_change  # noqa: E402
 from attnrhythm.tasks import get_task  # noqa: E402
 from attnrhythm.train import RhythmCreditConfig, RhythmGRPOTrainer, task_reward_func  # noqa: E402
-from attnrhythm.train.config import parse_heads  # noqa: E402
 
 pytestmark = [
     pytest.mark.embedded,

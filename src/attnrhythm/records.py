@@ -37,6 +37,36 @@ class InputItem:
         return f"line{self.index}-" + hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def check_file_target(path: str | Path, example: str = "out.jsonl") -> Path:
+    """``path`` as an output file: an error in one line when it names a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise AttnRhythmError(f"--out {path} is a directory: give a file name like {path / example}")
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: a flushed temporary file beside it, then one rename.
+
+    The one atomic write of the package (records, reports, head sets, settings, results); a
+    ``path`` that names a directory is an error in one line.
+    """
+    path = check_file_target(path, "out" + (Path(path).suffix or ".txt"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:
+    """``data`` as JSON (UTF-8, a final newline), written with :func:`write_text_atomic`."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -135,6 +165,11 @@ def read_inputs(path: str | Path) -> list[InputItem]:
         raise AttnRhythmError(
             f'input file {p} has no records: add lines like {{"prompt": ..., "response": ...}}'
         )
+    if all(item.error is not None for item in items):
+        raise AttnRhythmError(
+            f"input file {p} has no readable line ({len(items)} lines; {items[0].error}): pass a JSONL "
+            'file of {"prompt": ..., "response": ...} objects'
+        )
     return items
 
 
@@ -186,6 +221,7 @@ class ResumableWriter:
         self._fh = None
 
     def __enter__(self) -> ResumableWriter:
+        check_file_target(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         existing: dict[str, dict[str, Any]] = {}
         for source in (self.path, self.partial):
@@ -194,13 +230,9 @@ class ResumableWriter:
                 if key is not None:
                     existing[str(key)] = record
         # Rewrite the survivors into a fresh partial file atomically, then append to it.
-        tmp = self.partial.with_name(self.partial.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            for record in existing.values():
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.partial)
+        write_text_atomic(
+            self.partial, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in existing.values())
+        )
         self._keys = set(existing)
         self._fh = self.partial.open("a", encoding="utf-8")
         return self

@@ -34,11 +34,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from attnrhythm.attention import fused
+from attnrhythm.attention.model_config import config_int
 from attnrhythm.attention.reductions import Band, LayerReductions, tile_reductions
+from attnrhythm.attention.routes import ROUTES
 from attnrhythm.errors import AttnRhythmError
 
 IMPLEMENTATION = "attnrhythm"
-ROUTES = ("auto", "fused", "tile")
 
 _ACTIVE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("attnrhythm_capture", default=None)
 
@@ -251,11 +252,9 @@ def use_streaming_attention(model: PreTrainedModel) -> PreTrainedModel:
 
 def num_layers(model: PreTrainedModel) -> int:
     """Number of decoder layers of ``model``."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
+    value = config_int(model, "num_hidden_layers", "n_layer", "num_layers")
+    if value is not None:
+        return value
     raise AttnRhythmError(f"cannot tell how many layers {type(model).__name__} has: pass --layers explicitly")
 
 

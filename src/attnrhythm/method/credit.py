@@ -1,60 +1,18 @@
-"""METHOD.md section 5: per-token credit gamma and the GRPO advantage shaping rule."""
+"""docs/method.md section 5: per-token credit gamma and the GRPO advantage shaping rule.
+
+Its settings, :class:`~attnrhythm.method.config.CreditConfig`, are declared in :mod:`.config`.
+"""
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
 import torch
 
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.method.config import GAMMA_NORMS, STRATEGIES, CreditConfig
 from attnrhythm.method.rhythm import Roles, find_roles, top_q
-
-STRATEGIES: tuple[str, ...] = ("none", "local", "global", "coupled", "entropy", "random")
-GAMMA_NORMS: tuple[str, ...] = ("none", "mean")
-SHAPES: tuple[str, ...] = ("positive", "both")
-
-
-@dataclass(frozen=True)
-class CreditConfig:
-    """Hyperparameters of the credit (METHOD.md defaults).
-
-    Two knobs beyond METHOD.md section 5 (the defaults are the paper's rule):
-
-    * ``gamma_norm``: ``none`` (default) keeps gamma as section 5 defines it; ``mean`` divides each
-      response's gamma by its mean over the response's loss tokens, so the mean is 1 there and a
-      per-response advantage keeps its mass (sum of gamma * A over the loss tokens = sum of A).
-      Loss tokens are the completion mask (times a tool mask, if any) in training; in a record
-      (``attnrhythm analyze``) every response token is one. See :func:`normalize_gamma`.
-    * ``shape``: ``positive`` (default) scales only advantages A >= 0, as section 5 says; ``both``
-      scales negative advantages too (a penalised rollout's selected tokens are penalised more).
-    """
-
-    q: float = 0.4
-    amp: float = 1.5
-    alpha: float = 0.5
-    k: int = 3
-    tau_waad: float | None = None
-    tau_delta: float | None = None
-    selection: str = "top"  # or "bottom" (the ablation)
-    seed: int = 0  # for the random baseline
-    gamma_norm: str = "none"  # or "mean": mean gamma over each response's loss tokens = 1
-    shape: str = "positive"  # or "both": gamma scales negative advantages too
-
-    def __post_init__(self) -> None:
-        if self.gamma_norm not in GAMMA_NORMS:
-            raise AttnRhythmError(f"bad gamma_norm {self.gamma_norm!r}: use one of {', '.join(GAMMA_NORMS)}")
-        if self.shape not in SHAPES:
-            raise AttnRhythmError(f"bad shape {self.shape!r}: use one of {', '.join(SHAPES)}")
-        if self.selection not in ("top", "bottom"):
-            raise AttnRhythmError(f"bad selection {self.selection!r}: use 'top' or 'bottom'")
-        if not 0 <= self.alpha <= 1:
-            raise AttnRhythmError(f"bad alpha {self.alpha}: it must be in [0, 1]")
-        if not 0 < self.q <= 1:
-            raise AttnRhythmError(f"bad q {self.q}: it must be in (0, 1]")
-        if self.amp <= 0:
-            raise AttnRhythmError(f"bad amp {self.amp}: it must be > 0")
 
 
 def indicator(n: int, positions: list[int] | set[int]) -> torch.Tensor:
@@ -102,7 +60,7 @@ def _raw_gamma(
     config: CreditConfig,
     roles: Roles | None,
 ) -> torch.Tensor:
-    """METHOD.md section 5's gamma_t, before any normalisation."""
+    """docs/method.md section 5's gamma_t, before any normalisation."""
     n = waad.shape[0]
     boost = config.amp - 1.0
     bottom = config.selection == "bottom"

@@ -29,9 +29,9 @@ import torch
 from attnrhythm.analyze import Analyzer, TraceInput, TraceResult
 from attnrhythm.attention.capture import capturing
 from attnrhythm.attention.sharding import agreed_count
-from attnrhythm.method.credit import CreditConfig, gamma, normalize_gamma
+from attnrhythm.method.config import ROLE_NAMES, CreditConfig
+from attnrhythm.method.credit import gamma, normalize_gamma
 
-ROLE_NAMES: tuple[str, ...] = ("preplan", "anchor", "dominated", "intro")
 COUNT_KEYS: tuple[str, ...] = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)
 
 

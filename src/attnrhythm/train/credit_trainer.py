@@ -8,7 +8,7 @@ is the hook overridden here: after TRL has computed the group-normalised advanta
 batch, no gradients) gives gamma for the configured strategy, and the advantages become
 
     A~[b, t] = gamma[b, t] * A[b]   where A[b] >= 0,
-    A~[b, t] = A[b]                 where A[b] <  0        (METHOD.md section 5),
+    A~[b, t] = A[b]                 where A[b] <  0        (docs/method.md section 5),
 
 or the variants ``RhythmCreditConfig.shape="both"`` (gamma scales A[b] < 0 too) and
 ``gamma_norm="mean"`` (gamma divided by its mean over the row's loss tokens first), both in
@@ -84,7 +84,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "attnrhythm.train needs TRL: install it with pip install 'attnrhythm[train]'"
     ) from err
 
-from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceResult
+from attnrhythm.analyze import Analyzer, TraceResult
+from attnrhythm.config import AnalysisConfig
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.method.credit import shape_advantages
 from attnrhythm.rollout.credit import (
@@ -95,12 +96,7 @@ from attnrhythm.rollout.credit import (
     rollout_gamma,
 )
 from attnrhythm.rollout.heads import HeadRefresh
-from attnrhythm.train.config import (
-    FUSED_NEEDS_OLD_LOGPS,
-    RhythmCreditConfig,
-    parse_heads,
-    trl_runs_old_logps_forward,
-)
+from attnrhythm.train.config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
 
 _IMAGE_KEYS = ("pixel_values", "image_grid_thw", "num_images")
 
@@ -109,7 +105,7 @@ class RhythmGRPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` whose advantages are shaped by attention-rhythm credit.
 
     Takes every argument of ``GRPOTrainer`` plus ``rhythm`` (a :class:`RhythmCreditConfig`;
-    default: coupled credit with METHOD.md's parameters). With ``strategy="none"`` it is plain
+    default: coupled credit with docs/method.md's parameters). With ``strategy="none"`` it is plain
     GRPO: no credit forward, advantages untouched.
 
     Unless the strategy is ``none``, the policy is switched to the ``attnrhythm`` attention
@@ -138,10 +134,10 @@ class RhythmGRPOTrainer(GRPOTrainer):
         self.rhythm = rhythm if rhythm is not None else RhythmCreditConfig()
         if not isinstance(self.rhythm, RhythmCreditConfig):
             raise AttnRhythmError(f"rhythm must be a RhythmCreditConfig, not {type(self.rhythm).__name__}")
-        heads = parse_heads(self.rhythm.heads)
+        every = self.rhythm.analysis_config().heads_refresh  # heads: refresh:K (parse_heads)
         self.head_refresh: HeadRefresh | None = None
-        if heads.mode == "refresh" and self.rhythm.strategy != "none":
-            self.head_refresh = HeadRefresh(heads.every, self.rhythm.head_quantile)
+        if every and self.rhythm.strategy != "none":
+            self.head_refresh = HeadRefresh(every, self.rhythm.analysis_config().head_quantile)
         super().__init__(*args, **kwargs)
         self._rhythm_analyzer: Analyzer | None = None
         self._rhythm_fused_batch: _FusedBatch | None = None
@@ -333,11 +329,13 @@ class RhythmGRPOTrainer(GRPOTrainer):
     def _rhythm_analysis_config(self) -> AnalysisConfig:
         """The credit's analysis settings, with the refreshed head set once there is one."""
         config = self.rhythm.analysis_config()
-        fixed = self.head_refresh.classes() if self.head_refresh is not None else None
-        if fixed is None:
+        if not config.heads_refresh:
             return config
+        fixed = self.head_refresh.classes() if self.head_refresh is not None else None
+        if fixed is None:  # before the first refresh: classes per sequence
+            return replace(config, heads=None, heads_file=None, heads_refresh=0)
         layers, classes = fixed
-        return replace(config, heads=classes, heads_layers=layers)
+        return replace(config, heads=classes, heads_layers=layers, heads_file=None, heads_refresh=0)
 
     def _analyzer_for(self, policy: torch.nn.Module) -> Analyzer:
         if self._rhythm_analyzer is None or self._rhythm_analyzer.model is not policy:

@@ -2,7 +2,7 @@
 
 Select it with ``trainer.v1.trainer_mode=rhythm_grpo`` and set the credit in the mode's own
 section, ``+trainer.v1.rhythm_grpo.strategy=coupled`` and any other field of
-:class:`~attnrhythm.train.config.RhythmCreditConfig` (``q``, ``amp``, ``alpha``, ``k``, ``layers``,
+:class:`~attnrhythm.rollout.config.RhythmCreditConfig` (``q``, ``amp``, ``alpha``, ``k``, ``layers``,
 ``fai_horizon``, ``batch_size``, ...). The class is verl's synchronous ``PPOTrainerSync`` with
 three overrides, all through verl's own hooks:
 
@@ -10,7 +10,7 @@ three overrides, all through verl's own hooks:
 * ``_compute_old_log_prob``: after verl's old log-probs, the actor workers compute gamma for the
   batch with the same weights (the current policy) and store it beside the batch;
 * ``_compute_advantage``: after verl's advantage estimator (GRPO), the token advantages become
-  ``gamma * A`` where ``A >= 0`` and stay ``A`` where ``A < 0`` (METHOD.md section 5; ``shape=both``
+  ``gamma * A`` where ``A >= 0`` and stay ``A`` where ``A < 0`` (docs/method.md section 5; ``shape=both``
   scales ``A < 0`` too, ``gamma_norm=mean`` makes gamma's mean over each response mask 1), and the
   ``rhythm/*`` metrics join the step's metrics.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, fields
 from typing import Any
 
 import ray
@@ -42,8 +41,9 @@ from attnrhythm.integrations.verl.worker import (
     RhythmActorRolloutRefWorker,
 )
 from attnrhythm.method.credit import CreditConfig, shape_advantages
+from attnrhythm.rollout.config import RhythmCreditConfig
 from attnrhythm.rollout.credit import COUNT_KEYS, rhythm_metrics
-from attnrhythm.train.config import RhythmCreditConfig, parse_heads
+from attnrhythm.settings import flat_names
 
 MODE = "rhythm_grpo"
 # keys of the mode's section that verl itself reads (PPOTrainer: trainer.v1.<mode>.parameter_sync_step)
@@ -60,7 +60,7 @@ def rhythm_settings(config: DictConfig | Mapping[str, Any]) -> RhythmCreditConfi
     )
     raw = OmegaConf.to_container(section, resolve=True) if section is not None else {}
     values = {key: value for key, value in (raw or {}).items() if key not in _VERL_KEYS}
-    known = {f.name for f in fields(RhythmCreditConfig)}
+    known = set(flat_names(RhythmCreditConfig))
     unknown = sorted(set(values) - known)
     if unknown:
         raise AttnRhythmError(
@@ -68,10 +68,10 @@ def rhythm_settings(config: DictConfig | Mapping[str, Any]) -> RhythmCreditConfi
             f"use the fields of RhythmCreditConfig ({', '.join(sorted(known))})"
         )
     settings = RhythmCreditConfig(**values)
-    if parse_heads(settings.heads).mode == "refresh":
+    if settings.analysis_config().heads_refresh:
         raise AttnRhythmError(
-            f"trainer.v1.{MODE}.heads={settings.heads}: head refresh runs in the TRL trainer only; in "
-            "verl use heads=sequence or a head set file (e.g. from `attnrhythm heads`)"
+            f"trainer.v1.{MODE}.heads={settings.analysis_config().heads_file}: head refresh runs in the "
+            "TRL trainer only; in verl use heads=sequence or a head set file (from `attnrhythm heads`)"
         )
     return settings
 
@@ -126,7 +126,7 @@ class RhythmPPOTrainer(PPOTrainerSync):
         self._rhythm_seconds = 0.0
         if self.rhythm.strategy == "none":
             return batch
-        batch.extra_info[SETTINGS_KEY] = asdict(self.rhythm)
+        batch.extra_info[SETTINGS_KEY] = self.rhythm.flat()
         batch.extra_info[STEP_KEY] = int(getattr(self, "global_steps", 0))
         started = time.perf_counter()
         try:
