@@ -142,7 +142,7 @@ def test_heads_refresh_run_saves_and_resumes_its_head_set(capsys, tiny_dir, tiny
     assert saved["refreshes"] == 1 and saved["heads"]["format"] == "attnrhythm-heads"
     assert json.loads((out / "final" / "rhythm_heads.json").read_text()) == saved
     settings = TrainSettings.from_yaml(out / "settings.yaml")
-    assert settings.rhythm_options["heads"] == "refresh:1" and settings.gamma_norm == "mean"
+    assert settings.rhythm_config().analysis_config().heads_refresh == 1 and settings.gamma_norm == "mean"
     code, _, err = run(capsys, "train", "--out", out, "--steps", 3, "--resume")
     assert code == 0, err
     last = read_metrics(out)[-1]
