@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from attnrhythm.attention import capture as cap
 from attnrhythm.attention import fused
+from attnrhythm.attention.reference import dense_reductions
 from attnrhythm.errors import AttnRhythmError
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -122,7 +123,7 @@ def run_case(case, route):
 
 def dense_case(case, q, k, mask, weight):
     """The float64 reference of a drawn case: (dist, waad, cols)."""
-    return ref.dense_reductions(
+    return dense_reductions(
         q.float(),
         k.float(),
         mask,

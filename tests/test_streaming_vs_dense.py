@@ -41,6 +41,7 @@ from transformers import (
 from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput
 from attnrhythm.attention import capture as cap
 from attnrhythm.attention.reductions import tile_reductions
+from attnrhythm.attention.reference import dense_reductions
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.method.rhythm import round_half_up
 
@@ -292,41 +293,6 @@ def test_sliding_window_is_active(arch, window, sliding_layers):
 
 # ---------------------------------------------------------------------------------------------
 # stats.tile_reductions against a float64 softmax
-
-
-def dense_reductions(query, key, mask, *, scaling, window, bands, row_weight, softcap):
-    """docs/method.md's per-head vectors from full float64 softmax maps (fully masked rows -> 0)."""
-    q = query.double()
-    k = key.double()
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    n = q.shape[2]
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    scores = q @ k.transpose(-1, -2) * scale
-    if softcap:
-        scores = torch.tanh(scores / softcap) * softcap
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask.double()
-    t = torch.arange(n)
-    gap = (t[:, None] - t[None, :]).double()
-    scores = scores.masked_fill(gap < 0, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    dist = (probs * gap.clamp_min(0)).sum(-1)
-    waad = (probs * gap.clamp(0, window)).sum(-1)
-    cols = {}
-    for lo, hi in bands:
-        inside = (gap >= lo) & ((gap <= hi) if hi is not None else torch.ones_like(gap, dtype=torch.bool))
-        cols[(lo, hi)] = (probs * inside * row_weight.double()[:, None, :, None]).sum(-2)
-    # the contract of stats: columns before a sequence's first weighted row are 0
-    for b in range(q.shape[0]):
-        weighted = torch.nonzero(row_weight[b] > 0).flatten()
-        first = int(weighted[0]) if weighted.numel() else n
-        for values in cols.values():
-            values[b, :, :first] = 0.0
-    return dist, waad, cols
 
 
 BANDS = [(0, 0), (0, None), (3, None), (1, 4), (10, 50), (5, 5), (0, 100), (60, None)]

@@ -255,7 +255,12 @@ def test_two_step_run_logs_and_shapes(tokenizer, tmp_path, monkeypatch, strategy
     if strategy == "none":  # plain GRPO: no credit forward at all
         assert trainer._rhythm_analyzer is None
         monkeypatch.setattr(Analyzer, "analyze", lambda self, traces: pytest.fail("credit forward ran"))
-    shaped = trainer._generate_and_score_completions([])["advantages"]
+    out = trainer._generate_and_score_completions([])
+    if trainer.rhythm_credit_path == "loss":  # num_iterations 1: shaped in the loss forward
+        assert out["advantages"].dim() == 1
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.compute_loss(trainer.model, out)
+    shaped = out["advantages"]
     if strategy == "none":
         assert torch.equal(shaped, batch["advantages"])
     else:
@@ -282,7 +287,7 @@ def test_gamma_norm_and_shape_in_the_hook(tokenizer, tmp_path, monkeypatch):
     adv = batch["advantages"][:, None].expand(loss.shape)
     shaped = {}
     for norm, shape in (("none", "positive"), ("mean", "positive"), ("mean", "both"), ("none", "both")):
-        rhythm = rhythm_config("coupled", gamma_norm=norm, shape=shape)
+        rhythm = rhythm_config("coupled", gamma_norm=norm, shape=shape, credit_forward="separate")
         trainer = make_trainer(tokenizer, tmp_path / f"{norm}-{shape}", rhythm)
         out = trainer._generate_and_score_completions([])["advantages"]
         shaped[norm, shape] = out

@@ -62,6 +62,9 @@ class Capture:
         blocks: optional per-sequence (start, end) padded ranges whose square map block is kept.
         route: "auto", "fused" (an error where the fused/band routes cannot express the mask)
             or "tile"; default from ``ATTNRHYTHM_ROUTE``, else "auto".
+        own_output: whether the fused route may return its kernel's output for the layer (no-grad
+            forwards in fp32/bf16/fp16: saves the SDPA call). False keeps every layer output SDPA's,
+            bit for bit the forward without the capture (a loss forward).
         results: filled during the forward pass, layer index -> reductions.
         routes: filled during the forward pass, layer index -> the route taken.
     """
@@ -73,6 +76,7 @@ class Capture:
     tile_size: int | None = None
     blocks: list[tuple[int, int] | None] | None = None
     route: str = field(default_factory=default_route)
+    own_output: bool = True
     results: dict[int, LayerReductions] = field(default_factory=dict)
     routes: dict[int, str] = field(default_factory=dict)
 
@@ -121,7 +125,9 @@ class Capture:
         banded = layout.window is not None and any(e - s > layout.window for s, e in layout.segments)
         self.routes[layer] = "band" if banded else "fused"
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-        own_output = not banded and not needs_grad and query.dtype in fused.OWN_OUTPUT_DTYPES
+        own_output = (
+            self.own_output and not banded and not needs_grad and query.dtype in fused.OWN_OUTPUT_DTYPES
+        )
         with torch.no_grad():
             reductions, output = fused.layer_reductions(
                 query,

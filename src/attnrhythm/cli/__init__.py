@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from attnrhythm.cli import analysis, study, train, views
+from attnrhythm.cli import analysis, diff, study, train, views
 from attnrhythm.cli import options as opts
 from attnrhythm.errors import AttnRhythmError
 
@@ -65,6 +65,7 @@ app.command()(views.figure)
 app.command()(analysis.heads)
 study.register(app)
 train.register(app)
+diff.register(app)
 
 if __name__ == "__main__":
     main()

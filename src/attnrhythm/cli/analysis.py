@@ -50,8 +50,9 @@ def analyze(
     ),
 ) -> None:
     """Analyse prompt+response traces: head spans and classes, WAAD, FAI, entropy, roles, gamma."""
+    from attnrhythm.distributed import run_analyze
     from attnrhythm.records import InputItem, check_file_target, check_text, iter_jsonl, read_inputs
-    from attnrhythm.runner import GenerationConfig, analyze_items
+    from attnrhythm.runner import GenerationConfig
     from attnrhythm.schema import empty_metrics
 
     if prompt is not None:
@@ -90,14 +91,15 @@ def analyze(
     items = (
         read_inputs(input) if input is not None else [InputItem(0, {"prompt": prompt, "response": response})]
     )
-    lm, tokenizer = opts.load(model, device)
     with opts.progress() as progress:
         task = progress.add_task("analysing", total=len(items))
-        summary = analyze_items(
+        # one process, or this rank's share under torchrun / accelerate launch (attnrhythm.distributed)
+        summary = run_analyze(
             items,
-            lm,
-            tokenizer,
-            config,
+            model=model,
+            device=device,
+            load=opts.load,
+            config=config,
             out=out,
             batch_size=batch_size,
             chat=chat,
@@ -107,11 +109,14 @@ def analyze(
     if input is None and summary.errors:
         raise AttnRhythmError(summary.errors[0])
     opts.report_skipped(summary.errors, total=len(items))
-    for problem in empty_metrics(iter_jsonl(out), config.fai_horizon):
+    final = summary.out == out  # False on the ranks of a launch whose part rank 0 merged
+    for problem in empty_metrics(iter_jsonl(out), config.fai_horizon) if final else ():
         opts.tagged("warning:", problem, "yellow")
     resumed = f" ({summary.resumed} already there)" if summary.resumed else ""
-    opts.console.print(f"wrote {summary.written} record(s) to {out}{resumed}", highlight=False)
-    if report is not None and out.exists():
+    opts.console.print(f"wrote {summary.written} record(s) to {summary.out}{resumed}", highlight=False)
+    if summary.merged is not None:
+        opts.console.print(f"merged {summary.merged} record(s) into {out}", highlight=False)
+    if report is not None and final and out.exists():
         from attnrhythm.records import read_records
         from attnrhythm.views.report import write_report
 

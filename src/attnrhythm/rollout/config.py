@@ -32,12 +32,14 @@ class RhythmCreditConfig(Composed):
             study-only metric, so ``receiver_count`` is 0 here.
         batch_size: sequences per credit forward pass (the batch is cut into chunks of this size).
         credit_forward: where the attention statistics come from. ``separate``: one extra no-grad
-            forward of the policy per rollout batch. ``fused`` (TRL): captured inside the no-grad
-            forward TRL itself runs for ``old_per_token_logps`` (when ``num_iterations > 1``, when
-            gradient accumulation does not divide the generation period, or with vLLM
-            importance-sampling correction), so no extra forward; an error when TRL runs no such
-            forward or for the ``entropy`` strategy (its entropy needs the untempered logits of its
-            own forward). ``auto`` (default): ``fused`` where possible, else ``separate``.
+            forward of the policy per rollout batch. ``fused`` (TRL): captured inside a forward TRL
+            runs anyway, so no extra forward: the no-grad forward for ``old_per_token_logps`` where
+            TRL runs one (``num_iterations > 1``, gradient accumulation not dividing the generation
+            period, vLLM importance-sampling correction), else the loss forward of each
+            micro-batch (the advantages are shaped before the loss is reduced). The ``entropy``
+            strategy can be fused only into the loss forward at ``temperature`` 1.0 (its entropy is
+            the untempered one); elsewhere ``fused`` is an error for it (raised by the trainer).
+            ``auto`` (default): ``fused`` where possible, else ``separate``.
     """
 
     strategy: str = setting("coupled", help="Credit strategy: none, random, entropy, local, global, coupled.")
@@ -45,7 +47,7 @@ class RhythmCreditConfig(Composed):
     batch_size: int = setting(8, help="Sequences per credit forward pass.", flag="--credit-batch-size")
     credit_forward: str = setting(
         "auto",
-        help="auto, fused (captured in TRL's old-logprob forward; needs --num-iterations > 1), separate.",
+        help="auto, fused (captured in a forward TRL runs anyway: old-logprob or loss), separate.",
     )
 
     _source = "the rhythm credit settings"
@@ -58,11 +60,6 @@ class RhythmCreditConfig(Composed):
         if self.credit_forward not in CREDIT_FORWARDS:
             raise AttnRhythmError(
                 f"bad credit forward {self.credit_forward!r}: use one of {', '.join(CREDIT_FORWARDS)}"
-            )
-        if self.credit_forward == "fused" and self.strategy == "entropy":
-            raise AttnRhythmError(
-                "credit_forward 'fused' cannot give the entropy strategy its entropy (TRL's forward "
-                "keeps tempered log-probs only): use 'auto' or 'separate'"
             )
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise AttnRhythmError(f"bad credit batch size {self.batch_size}: it must be >= 1")

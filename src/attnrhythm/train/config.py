@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from attnrhythm.rollout.config import CREDIT_FORWARDS, RhythmCreditConfig
 
-__all__ = ["CREDIT_FORWARDS", "FUSED_NEEDS_OLD_LOGPS", "RhythmCreditConfig", "trl_runs_old_logps_forward"]
+__all__ = ["CREDIT_FORWARDS", "RhythmCreditConfig", "trl_runs_old_logps_forward"]
 
 
 def trl_runs_old_logps_forward(
@@ -22,9 +22,3 @@ def trl_runs_old_logps_forward(
     """
     return gradient_accumulation_steps % (steps_per_generation * num_iterations) != 0 or vllm_is
 
-
-FUSED_NEEDS_OLD_LOGPS = (
-    "credit_forward 'fused' needs TRL's old-logprob forward, which these settings skip (num_iterations "
-    "is 1 and gradient accumulation divides the generation period): use 'auto' or 'separate', or "
-    "num_iterations > 1"
-)

@@ -68,7 +68,6 @@ from attnrhythm.records import write_text_atomic
 from attnrhythm.rollout.config import RhythmCreditConfig
 from attnrhythm.settings import Composed, build, declared, default, flat_names, nested, setting
 from attnrhythm.tasks import Task, get_task
-from attnrhythm.train.config import FUSED_NEEDS_OLD_LOGPS, trl_runs_old_logps_forward
 from attnrhythm.train.rewards import completion_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -239,17 +238,7 @@ class TrainSettings(Composed):
         if not str(self.output_dir).strip():
             raise AttnRhythmError("empty output_dir: pass a run directory with --out")
         self.make_task()
-        rhythm = self.rhythm_config()
-        if rhythm.credit_forward == "fused" and rhythm.strategy != "none":
-            grpo = self.grpo_options
-            accumulation = grpo.get("gradient_accumulation_steps", self.gradient_accumulation_steps)
-            if not trl_runs_old_logps_forward(
-                accumulation,
-                grpo.get("steps_per_generation") or accumulation,
-                grpo.get("num_iterations", self.num_iterations),
-                bool(grpo.get("use_vllm")) and grpo.get("vllm_importance_sampling_correction", True),
-            ):
-                raise AttnRhythmError(FUSED_NEEDS_OLD_LOGPS)
+        self.rhythm_config()  # where the credit forward runs is resolved by the trainer
 
     def make_task(self) -> Task:
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in self.task_options.items()}
