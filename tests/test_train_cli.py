@@ -130,10 +130,33 @@ def test_resume_continues_from_newest_checkpoint(capsys, tiny_dir, tiny_yaml, tm
     assert code != 0 and "larger --steps" in one_error_line(err)
 
 
+def test_heads_refresh_run_saves_and_resumes_its_head_set(capsys, tiny_dir, tiny_yaml, tmp_path):
+    out = tmp_path / "run"
+    args = ("--config", tiny_yaml, "--model", tiny_dir, "--heads", "refresh:1", "--save-steps", "1")
+    code, _, err = run(capsys, "train", *args, "--gamma-norm", "mean", "--out", out)
+    assert code == 0, err
+    records = read_metrics(out)
+    assert [r["rhythm/heads_refreshes"] for r in records] == [0.0, 1.0]
+    assert records[0]["rhythm/gamma_mean"] == pytest.approx(1.0, abs=1e-6)  # gamma_norm mean
+    saved = json.loads((out / "checkpoint-2" / "rhythm_heads.json").read_text())
+    assert saved["refreshes"] == 1 and saved["heads"]["format"] == "attnrhythm-heads"
+    assert json.loads((out / "final" / "rhythm_heads.json").read_text()) == saved
+    settings = TrainSettings.from_yaml(out / "settings.yaml")
+    assert settings.rhythm_config().analysis_config().heads_refresh == 1 and settings.gamma_norm == "mean"
+    code, _, err = run(capsys, "train", "--out", out, "--steps", 3, "--resume")
+    assert code == 0, err
+    last = read_metrics(out)[-1]
+    assert last["step"] == 3 and last["rhythm/heads_refreshes"] == 2.0 and "rhythm/heads_changed" in last
+
+
 def test_yaml_load_override_and_unknown_key(tmp_path, tiny_yaml):
     settings = TrainSettings.from_yaml(tiny_yaml)
     assert settings.task == "countdown" and settings.steps == 2 and settings.num_generations == 2
     assert settings.rhythm_config().fai_horizon == (2, 8)
+    credit = settings.rhythm_config().credit_config()
+    assert (credit.gamma_norm, credit.shape) == ("none", "positive")
+    knobs = settings.replace(gamma_norm="mean", shape="both").rhythm_config().credit_config()
+    assert (knobs.gamma_norm, knobs.shape) == ("mean", "both")
     changed = settings.replace(steps=5, strategy="global", seed=None)
     assert changed.steps == 5 and changed.strategy == "global" and changed.seed == settings.seed
     bad = tmp_path / "bad.yaml"
@@ -275,6 +298,10 @@ def test_train_and_eval_on_a_reasoning_gym_task(capsys, tiny_dir, tmp_path):
         (("train", "--task", "chess"), "unknown task"),
         (("train", "--strategy", "best"), "unknown credit strategy"),
         (("train", "--credit-forward", "both"), "bad credit forward"),
+        (("train", "--gamma-norm", "sum"), "bad gamma_norm"),
+        (("train", "--shape", "negative"), "bad shape"),
+        (("train", "--heads", "refresh:0"), "refresh:K"),
+        (("train", "--heads", "/nonexistent/heads.json"), "does not exist"),
         (("train", "--num-iterations", 0), "num_iterations"),
         (("train", "--steps", 0), "steps"),
         (("train", "--model", "/nonexistent/model-dir", "--steps", 1), "does not exist"),

@@ -194,6 +194,11 @@ class Analyzer:
     """
 
     def __init__(self, model: PreTrainedModel, config: AnalysisConfig | None = None) -> None:
+        if config is not None and config.heads_refresh:
+            raise AttnRhythmError(
+                f"heads refresh:{config.heads_refresh} is a training setting (attnrhythm train): analyse "
+                "with per-sequence heads or a head set file"
+            )
         self.model = cap.use_streaming_attention(model)
         self.config = config or AnalysisConfig()
         self.n_layers = cap.num_layers(model)

@@ -21,6 +21,30 @@ if TYPE_CHECKING:
     from attnrhythm.method.rhythm import HeadClasses
 
 
+@dataclass(frozen=True)
+class HeadsOption:
+    """A ``heads`` value, parsed (:func:`parse_heads`): ``sequence`` (classes per sequence), ``file``
+    (a fixed head set at ``path``) or ``refresh`` (training only: the corpus head set re-derived
+    from the last ``every`` steps' rollouts every ``every`` steps, see docs/training.md)."""
+
+    mode: str
+    path: str | None = None
+    every: int = 0
+
+
+def parse_heads(value: str | Path | None) -> HeadsOption:
+    """``None``/``sequence``, ``refresh:K`` (K >= 1) or a head set file: the one parser of ``heads``."""
+    if value is None or str(value).strip() in ("", "sequence"):
+        return HeadsOption("sequence")
+    text = str(value).strip()
+    if text == "refresh" or text.startswith("refresh:"):
+        every = text.partition(":")[2]
+        if not every.isdigit() or int(every) < 1:
+            raise AttnRhythmError(f"bad heads {text!r}: write refresh:K with K >= 1 steps, e.g. refresh:20")
+        return HeadsOption("refresh", every=int(every))
+    return HeadsOption("file", path=text)
+
+
 @dataclass
 class AnalysisConfig:
     """Every parameter of docs/method.md, plus engineering knobs (tile size, chunking), each declared once.
@@ -38,8 +62,9 @@ class AnalysisConfig:
     head_quantile: float = setting(0.3, help="Share of heads called local (and global).")
     heads: HeadClasses | str | Path | None = setting(
         None,
-        help="Fixed head set: heads.json of `attnrhythm heads`, or a JSON with local/global "
-        "[layer, head] lists (default: classes per trace).",
+        help="sequence (classes per trace, the default), a fixed head set file (heads.json of "
+        "`attnrhythm heads`, or a JSON with local/global [layer, head] lists), or in training "
+        "refresh:K (the corpus head set re-derived every K steps from recent rollouts).",
         flat="heads_file",
     )
     heads_layers: list[int] | None = None  # absolute layers of a fixed head set
@@ -60,14 +85,20 @@ class AnalysisConfig:
     route: str | None = setting(
         None, help="Attention route: auto, fused or tile (default: $ATTNRHYTHM_ROUTE or auto)."
     )
-    heads_file: str | None = None  # the file a fixed head set came from
+    heads_file: str | None = None  # the file a fixed head set came from (or "refresh:K")
+    heads_refresh: int = 0  # K of heads refresh:K (a trainer refreshes; 0: no refresh)
 
     def __post_init__(self) -> None:
-        if isinstance(self.heads, (str, Path)):  # the one place a heads file is read
-            from attnrhythm.headsets import read_heads_file  # torch: only when a file is given
+        if isinstance(self.heads, (str, Path)):  # the one place a heads value is read
+            option = parse_heads(self.heads)
+            self.heads_file = str(self.heads) if option.mode != "sequence" else None
+            self.heads = None
+            if option.mode == "refresh":
+                self.heads_refresh = option.every
+            elif option.mode == "file":
+                from attnrhythm.headsets import read_heads_file  # torch: only when a file is given
 
-            self.heads_file = str(self.heads)
-            self.heads_layers, self.heads = read_heads_file(self.heads)
+                self.heads_layers, self.heads = read_heads_file(option.path)
         self.fai_horizon = parse_horizon(self.fai_horizon)
         if self.save_maps is not None:
             self.save_maps = parse_span(self.save_maps)

@@ -28,6 +28,14 @@ TaskOptionOpt = typer.Option(
 )
 
 
+def _heads_setting(value: str) -> str:
+    """--heads as the run's settings keep it: a head set file becomes an absolute path."""
+    from attnrhythm.config import parse_heads
+
+    option = parse_heads(value)
+    return str(Path(option.path).resolve()) if option.mode == "file" else value
+
+
 def _task_options(items: list[str] | None) -> dict[str, Any] | None:
     if not items:
         return None
@@ -63,9 +71,11 @@ def register(app: typer.Typer) -> None:
         amp: float = _unset("amp"),
         alpha: float = _unset("alpha"),
         k: int = _unset("k"),
+        gamma_norm: str = _unset("gamma_norm"),
+        shape: str = _unset("shape"),
         credit_forward: str = _unset("credit_forward"),
         num_iterations: int = _unset("num_iterations"),
-        heads: Path = _unset("heads"),
+        heads: str = _unset("heads"),
         model: str = _unset("model"),
         steps: int = _unset("steps"),
         learning_rate: float = _unset("learning_rate", "--lr"),
@@ -103,9 +113,11 @@ def register(app: typer.Typer) -> None:
             amp=amp,
             alpha=alpha,
             k=k,
+            gamma_norm=gamma_norm,
+            shape=shape,
             credit_forward=credit_forward,
             num_iterations=num_iterations,
-            heads=str(heads.resolve()) if heads is not None else None,
+            heads=_heads_setting(heads) if heads is not None else None,
             model=model,
             steps=steps,
             learning_rate=learning_rate,

@@ -30,7 +30,7 @@ from attnrhythm.analyze import Analyzer, TraceInput, TraceResult
 from attnrhythm.attention.capture import capturing
 from attnrhythm.attention.sharding import agreed_count
 from attnrhythm.method.config import ROLE_NAMES, CreditConfig
-from attnrhythm.method.credit import gamma
+from attnrhythm.method.credit import gamma, normalize_gamma
 
 COUNT_KEYS: tuple[str, ...] = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)
 
@@ -67,6 +67,7 @@ class RolloutCredit:
 
     gamma: torch.Tensor  # (B, T) float32, 1 where no credit applies
     counts: dict[str, float] = field(default_factory=dict)
+    spans: list[torch.Tensor] = field(default_factory=list)  # head span d[l,h] of each analysed row
 
 
 def sequence_seed(base: int, step: int, rank: int, index: int) -> int:
@@ -175,7 +176,9 @@ def credit_from_results(
     ``results`` holds (row, result) for the analysed rows; every other row and every position
     outside ``loss_mask`` (default ``completion_mask``) keeps gamma = 1. The random baseline seeds
     row b with ``seed_row_offset + b`` (a micro-batch's offset in its rollout batch, so that the
-    micro-batches of one step draw different subsets).
+    micro-batches of one step draw different subsets). With ``credit.gamma_norm == "mean"`` each row's
+    gamma has mean 1 over its ``loss_mask`` tokens, the gamma
+    :func:`~attnrhythm.method.credit.shape_advantages` then applies (and the counts log).
     """
     bsz, width = completion_ids.shape
     out = torch.ones(bsz, width, dtype=torch.float32)
@@ -202,10 +205,13 @@ def credit_from_results(
             idx = getattr(res.roles, name)
             if idx:
                 counts[name] += float(row_mask[torch.tensor(idx, dtype=torch.long)].sum())
-    out = torch.where(lm, out, torch.ones_like(out))  # masked positions: no credit
+    # masked positions: no credit; gamma_norm "mean": mean 1 over each row's loss tokens (the
+    # analysis normalised over the whole response, the loss mask may be narrower, e.g. tool output)
+    out = normalize_gamma(out, lm, credit.gamma_norm)
     counts["gamma_sum"] = float(out[lm].sum())
     counts["amplified"] = float((out[lm] > 1).sum())
-    return RolloutCredit(gamma=out.to(completion_ids.device), counts=counts)
+    spans = [res.distance for _, res in results]
+    return RolloutCredit(gamma=out.to(completion_ids.device), counts=counts, spans=spans)
 
 
 @dataclass

@@ -7,7 +7,11 @@ policy's attention over each prompt + completion (the weights that just generate
 gradients) gives gamma for the configured strategy, and the advantages become
 
     A~[b, t] = gamma[b, t] * A[b]   where A[b] >= 0,
-    A~[b, t] = A[b]                 where A[b] <  0        (docs/method.md section 5).
+    A~[b, t] = A[b]                 where A[b] <  0        (docs/method.md section 5),
+
+or the variants ``RhythmCreditConfig.shape="both"`` (gamma scales A[b] < 0 too) and
+``gamma_norm="mean"`` (gamma divided by its mean over the row's loss tokens first), both in
+:func:`attnrhythm.method.credit.shape_advantages`.
 
 Everything downstream (buffering over ``steps_per_generation``, shuffling, every loss type)
 treats the (B, T) advantages like TRL's own.
@@ -78,9 +82,11 @@ Distributed notes (what the tests cover is said for each):
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -96,6 +102,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from attnrhythm.analyze import Analyzer, TraceResult
+from attnrhythm.config import AnalysisConfig
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.method.credit import shape_advantages
 from attnrhythm.rollout.credit import (
@@ -105,6 +112,7 @@ from attnrhythm.rollout.credit import (
     rhythm_metrics,
     rollout_gamma,
 )
+from attnrhythm.rollout.heads import HeadRefresh
 from attnrhythm.train.config import RhythmCreditConfig, trl_runs_old_logps_forward
 
 _IMAGE_KEYS = ("pixel_values", "image_grid_thw", "num_images")
@@ -131,12 +139,25 @@ class RhythmGRPOTrainer(GRPOTrainer):
     forward and the shaping; in the fused paths the shaping only, since the reductions run inside
     TRL's forward and cannot be timed apart from it). In the ``loss`` path the metrics are logged
     per micro-batch (like TRL's own loss metrics), in the others per rollout batch.
+
+    ``rhythm.heads = "refresh:K"`` (:class:`~attnrhythm.rollout.heads.HeadRefresh`): every K steps
+    (counted at each rollout batch, before generation) the corpus head set is re-derived from the
+    spans of the rollouts analysed since the last refresh (gathered over ranks); per-sequence
+    classes until the first refresh. Logged: ``rhythm/heads_refreshes`` every batch, and on
+    refresh steps ``rhythm/heads_traces`` plus, from the second refresh on,
+    ``rhythm/heads_local_jaccard``, ``rhythm/heads_global_jaccard`` and ``rhythm/heads_changed``
+    against the previous set. Each checkpoint gets ``rhythm_heads.json`` (``_save_checkpoint``);
+    ``train(resume_from_checkpoint=...)`` restores it.
     """
 
     def __init__(self, *args: Any, rhythm: RhythmCreditConfig | None = None, **kwargs: Any) -> None:
         self.rhythm = rhythm if rhythm is not None else RhythmCreditConfig()
         if not isinstance(self.rhythm, RhythmCreditConfig):
             raise AttnRhythmError(f"rhythm must be a RhythmCreditConfig, not {type(self.rhythm).__name__}")
+        every = self.rhythm.analysis_config().heads_refresh  # heads: refresh:K (parse_heads)
+        self.head_refresh: HeadRefresh | None = None
+        if every and self.rhythm.strategy != "none":
+            self.head_refresh = HeadRefresh(every, self.rhythm.analysis_config().head_quantile)
         super().__init__(*args, **kwargs)
         self._rhythm_analyzer: Analyzer | None = None
         self._rhythm_fused_batch: _FusedBatch | None = None
@@ -145,7 +166,7 @@ class RhythmGRPOTrainer(GRPOTrainer):
         self.rhythm_fused = self.rhythm_credit_path in ("old-logps", "loss")  # no forward of its own
         if self.rhythm.strategy != "none":
             # switches the policy to the attnrhythm attention implementation now, before any generation
-            self._rhythm_analyzer = Analyzer(self._rhythm_policy(), self.rhythm.analysis_config())
+            self._rhythm_analyzer = Analyzer(self._rhythm_policy(), self._rhythm_analysis_config())
 
     def trl_runs_old_logps_forward(self) -> bool:
         """Whether TRL runs its no-grad ``old_per_token_logps`` forward for every rollout batch."""
@@ -185,6 +206,7 @@ class RhythmGRPOTrainer(GRPOTrainer):
 
     # -- the hooks ----------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        self._refresh_heads()  # before generation: the fused capture runs inside TRL's forward
         path = self.rhythm_credit_path
         self._rhythm_fused_batch = _FusedBatch("old-logps") if path == "old-logps" else None
         try:
@@ -333,16 +355,69 @@ class RhythmGRPOTrainer(GRPOTrainer):
                     batch_size=self.rhythm.batch_size,
                     seed_base=seed_base,
                 )
-        output["advantages"] = shape_advantages(output["advantages"], credit.gamma, loss_mask)
+        output["advantages"] = shape_advantages(
+            output["advantages"], credit.gamma, loss_mask, self.rhythm.credit_config()
+        )
         seconds = time.perf_counter() - started
+        if self.head_refresh is not None:
+            from accelerate.utils import gather_object
+
+            spans = gather_object([s.tolist() for s in credit.spans])  # every rank: the same corpus
+            self.head_refresh.add(self._rhythm_analyzer.layers, spans)
+            metrics["rhythm/heads_refreshes"].append(float(self.head_refresh.refreshes))
         self._log_rhythm(metrics, credit.counts, seconds)
         metrics["rhythm/fused"].append(CREDIT_PATH_CODES[fused.where if captured else "separate"])
         return output
 
+    # -- head sets that follow training (heads: refresh:K) --------------------------------------
+    def _refresh_heads(self) -> None:
+        """Re-derive the corpus head set when K steps have passed since the last refresh."""
+        refresh = self.head_refresh
+        if refresh is None or not refresh.due(self.state.global_step):
+            return
+        change = refresh.refresh(self.state.global_step)
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        for name, value in change.items():
+            metrics[f"rhythm/{name}"].append(value)
+        self._rhythm_analyzer = None  # the next credit forward uses the new head set
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """TRL's checkpoint, plus ``rhythm_heads.json`` (the head refresh state) with ``refresh:K``."""
+        super()._save_checkpoint(model, trial)
+        if self.head_refresh is not None and self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.head_refresh.save(os.path.join(self._get_output_dir(trial=trial), folder))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; a resumed ``refresh:K`` run first restores the checkpoint's head set."""
+        if self.head_refresh is not None and resume_from_checkpoint:
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:
+                from transformers.trainer_utils import get_last_checkpoint
+
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint:
+                self.head_refresh.load(checkpoint)
+                self._rhythm_analyzer = None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     # -- helpers ------------------------------------------------------------------------
+    def _rhythm_analysis_config(self) -> AnalysisConfig:
+        """The credit's analysis settings, with the refreshed head set once there is one."""
+        config = self.rhythm.analysis_config()
+        if not config.heads_refresh:
+            return config
+        fixed = self.head_refresh.classes() if self.head_refresh is not None else None
+        if fixed is None:  # before the first refresh: classes per sequence
+            return replace(config, heads=None, heads_file=None, heads_refresh=0)
+        layers, classes = fixed
+        return replace(config, heads=classes, heads_layers=layers, heads_file=None, heads_refresh=0)
+
     def _analyzer_for(self, policy: torch.nn.Module) -> Analyzer:
         if self._rhythm_analyzer is None or self._rhythm_analyzer.model is not policy:
-            self._rhythm_analyzer = Analyzer(policy, self.rhythm.analysis_config())
+            self._rhythm_analyzer = Analyzer(policy, self._rhythm_analysis_config())
         return self._rhythm_analyzer
 
     @staticmethod

@@ -39,7 +39,9 @@ The run directory (``output_dir``) holds:
 
   With ``logging_steps > 1`` the values are TRL's averages over the logged steps and
   ``seconds_per_step`` is the mean over them;
-* ``checkpoint-N/``: Hugging Face Trainer checkpoints every ``save_steps`` steps (0: none);
+* ``checkpoint-N/``: Hugging Face Trainer checkpoints every ``save_steps`` steps (0: none); with
+  ``heads: refresh:K`` each (and ``final/``) holds ``rhythm_heads.json``, the head set in use and
+  the spans collected for the next refresh, which ``--resume`` restores (docs/training.md);
 * ``final/``: the trained model and tokenizer (``save_pretrained``), loadable with ``--model``;
 * ``reward_curve.png``: reward and accuracy per step.
 
@@ -672,6 +674,8 @@ def train(
     records = read_metrics(output_dir)
     if main_process:
         tokenizer.save_pretrained(str(final))
+        if trainer.head_refresh is not None:  # heads refresh:K: the head set the run ended with
+            trainer.head_refresh.save(final)
         title = f"{settings.task} / {settings.strategy} / seed {settings.seed}"
         plot_reward_curve(records, output_dir / CURVE_FILE, title=title)
     seconds = [r["seconds_per_step"] for r in records if r.get("seconds_per_step") is not None]
