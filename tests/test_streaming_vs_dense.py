@@ -294,8 +294,8 @@ def test_sliding_window_is_active(arch, window, sliding_layers):
 # stats.tile_reductions against a float64 softmax
 
 
-def dense_reductions(query, key, mask, *, scaling, window, bands, row_weight, softcap):
-    """METHOD.md's per-head vectors from full float64 softmax maps (fully masked rows -> 0)."""
+def dense_scores(query, key, mask, *, scaling, softcap):
+    """float64 causal scores (B, H, N, N) with the mask applied (-inf where a key is not seen)."""
     q = query.double()
     k = key.double()
     group = q.shape[1] // k.shape[1]
@@ -311,9 +311,33 @@ def dense_reductions(query, key, mask, *, scaling, window, bands, row_weight, so
         else:
             scores = scores + mask.double()
     t = torch.arange(n)
-    gap = (t[:, None] - t[None, :]).double()
-    scores = scores.masked_fill(gap < 0, float("-inf"))
+    return scores.masked_fill(t[:, None] < t[None, :], float("-inf"))
+
+
+def dense_sink_mass(query, key, mask, sinks, *, scaling, softcap):
+    """sum over the sink keys of the float64 softmax map: (B, H, N)."""
+    probs = torch.softmax(dense_scores(query, key, mask, scaling=scaling, softcap=softcap), -1).nan_to_num(0.0)
+    return (probs * sinks[:, None, None, :]).sum(-1)
+
+
+def dense_reductions(
+    query, key, mask, *, scaling, window, bands, row_weight, softcap, sinks=None, exclude_sinks=False
+):
+    """METHOD.md's per-head vectors from full float64 softmax maps (fully masked rows -> 0).
+
+    ``exclude_sinks``: from the renormalised map A'[t,s] = A[t,s] / (1 - sum_{sinks} A[t,.]) off the
+    sink keys ``sinks`` (B, N) bool, 0 on them (rows with only sinks -> 0).
+    """
+    scores = dense_scores(query, key, mask, scaling=scaling, softcap=softcap)
+    n = scores.shape[-1]
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    if exclude_sinks:
+        on_sink = sinks[:, None, None, :]
+        rest = (probs * ~on_sink).sum(-1, keepdim=True)  # 1 - sink mass, without the cancellation
+        blind = (scores < torch.finfo(torch.float32).min / 2).all(-1, keepdim=True)  # sees no key
+        probs = torch.where(on_sink | (rest <= 0) | blind, 0.0, probs / rest.clamp_min(1e-300))
+    t = torch.arange(n)
+    gap = (t[:, None] - t[None, :]).double()
     dist = (probs * gap.clamp_min(0)).sum(-1)
     waad = (probs * gap.clamp(0, window)).sum(-1)
     cols = {}
@@ -321,12 +345,17 @@ def dense_reductions(query, key, mask, *, scaling, window, bands, row_weight, so
         inside = (gap >= lo) & ((gap <= hi) if hi is not None else torch.ones_like(gap, dtype=torch.bool))
         cols[(lo, hi)] = (probs * inside * row_weight.double()[:, None, :, None]).sum(-2)
     # the contract of stats: columns before a sequence's first weighted row are 0
-    for b in range(q.shape[0]):
+    for b in range(query.shape[0]):
         weighted = torch.nonzero(row_weight[b] > 0).flatten()
         first = int(weighted[0]) if weighted.numel() else n
         for values in cols.values():
             values[b, :, :first] = 0.0
     return dist, waad, cols
+
+
+def first_live(live: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, N) bool: the first ``count`` True positions of each row of ``live`` (the sink keys)."""
+    return live & (live.long().cumsum(-1) <= count)
 
 
 BANDS = [(0, 0), (0, None), (3, None), (1, 4), (10, 50), (5, 5), (0, 100), (60, None)]
@@ -362,7 +391,21 @@ def reduction_case(draw):
         softcap=draw(st.sampled_from([None, None, 4.0])),
         scaling=draw(st.sampled_from([None, 0.3])),
         lengths=draw(st.lists(st.integers(1, n), min_size=bsz, max_size=bsz)),
+        sink_count=draw(st.sampled_from([None, 0, 1, 1, 3])),
+        exclude_sinks=draw(st.booleans()),
     )
+
+
+def live_keys(case) -> torch.Tensor:
+    """(B, N) bool: the live (unpadded) tokens of a drawn case."""
+    bsz, n = case["bsz"], case["n"]
+    pos = torch.arange(n)
+    if case["mask_kind"] == "none":
+        return torch.ones(bsz, n, dtype=torch.bool)
+    lengths = torch.tensor(case["lengths"])
+    if case["mask_kind"] == "left":
+        return pos[None, :] >= (n - lengths)[:, None]
+    return pos[None, :] < lengths[:, None]
 
 
 def build_mask(case) -> torch.Tensor | None:
@@ -407,14 +450,26 @@ def test_tile_reductions_match_float64_softmax(case):
     kwargs = dict(
         scaling=case["scaling"], window=case["window"], bands=case["bands"], softcap=case["softcap"]
     )
-    got = tile_reductions(query, key, mask, row_weight=row_weight, tile_size=case["tile"], **kwargs)
-    dist, waad, cols = dense_reductions(query, key, mask, row_weight=row_weight, **kwargs)
+    sinks = None if case["sink_count"] is None else first_live(live_keys(case), case["sink_count"])
+    exclude = sinks is not None and case["exclude_sinks"]
+    got = tile_reductions(
+        query, key, mask, row_weight=row_weight, tile_size=case["tile"], sinks=sinks, exclude_sinks=exclude,
+        **kwargs,
+    )
+    dist, waad, cols = dense_reductions(
+        query, key, mask, row_weight=row_weight, sinks=sinks, exclude_sinks=exclude, **kwargs
+    )
     assert got.dist.dtype == torch.float32 and got.dist.shape == (bsz, case["n_heads"], n)
     torch.testing.assert_close(got.dist.double(), dist, **TOL)
     torch.testing.assert_close(got.waad.double(), waad, **TOL)
     assert set(got.cols) == set(case["bands"])
     for band in case["bands"]:
         torch.testing.assert_close(got.cols[band].double(), cols[band], **TOL)
+    if sinks is None:
+        assert got.sink is None
+    else:
+        mass = dense_sink_mass(query, key, mask, sinks, scaling=case["scaling"], softcap=case["softcap"])
+        torch.testing.assert_close(got.sink.double(), mass, **TOL)
 
 
 def test_tile_reductions_right_padding_by_hand():
