@@ -316,7 +316,8 @@ def dense_scores(query, key, mask, *, scaling, softcap):
 
 def dense_sink_mass(query, key, mask, sinks, *, scaling, softcap):
     """sum over the sink keys of the float64 softmax map: (B, H, N)."""
-    probs = torch.softmax(dense_scores(query, key, mask, scaling=scaling, softcap=softcap), -1).nan_to_num(0.0)
+    scores = dense_scores(query, key, mask, scaling=scaling, softcap=softcap)
+    probs = torch.softmax(scores, -1).nan_to_num(0.0)
     return (probs * sinks[:, None, None, :]).sum(-1)
 
 
