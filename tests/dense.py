@@ -1,7 +1,7 @@
-"""Dense reference: METHOD.md computed from full eager attention maps (tests only).
+"""Dense reference: docs/method.md computed from full eager attention maps (tests only).
 
 It runs the model with ``attn_implementation="eager"`` and ``output_attentions=True`` on one
-unpadded sequence, builds the mean local/global maps exactly as METHOD.md writes them and
+unpadded sequence, builds the mean local/global maps exactly as docs/method.md writes them and
 evaluates every formula on the N x N maps in float64.
 """
 

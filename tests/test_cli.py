@@ -202,4 +202,7 @@ def test_analyze_writes_report(capsys, tiny_dir, tmp_path):
     assert code == 0, err
     text = html.read_text()
     assert text.startswith("<!DOCTYPE html>") or text.lower().startswith("<!doctype html>")
-    assert "http://" not in text and "https://" not in text
+    # self-contained: no external resource (a plain <a href> to the paper is a link, not a resource)
+    import re
+
+    assert not re.search(r"""(src=|url\(|@import|<link[^>]*href=)["']?https?://""", text)

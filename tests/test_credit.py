@@ -1,4 +1,4 @@
-"""credit.py against gamma computed by hand (METHOD.md section 5), and the GRPO shaping rule."""
+"""credit.py against gamma computed by hand (docs/method.md section 5), and the GRPO shaping rule."""
 
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ from transformers import (
 from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput
 from attnrhythm.attention import capture as cap
 from attnrhythm.attention.reductions import tile_reductions
+from attnrhythm.attention.reference import dense_reductions, dense_sink_mass
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.method.rhythm import round_half_up
 
@@ -292,66 +293,6 @@ def test_sliding_window_is_active(arch, window, sliding_layers):
 
 # ---------------------------------------------------------------------------------------------
 # stats.tile_reductions against a float64 softmax
-
-
-def dense_scores(query, key, mask, *, scaling, softcap):
-    """float64 causal scores (B, H, N, N) with the mask applied (-inf where a key is not seen)."""
-    q = query.double()
-    k = key.double()
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    n = q.shape[2]
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    scores = q @ k.transpose(-1, -2) * scale
-    if softcap:
-        scores = torch.tanh(scores / softcap) * softcap
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask.double()
-    t = torch.arange(n)
-    return scores.masked_fill(t[:, None] < t[None, :], float("-inf"))
-
-
-def dense_sink_mass(query, key, mask, sinks, *, scaling, softcap):
-    """sum over the sink keys of the float64 softmax map: (B, H, N)."""
-    scores = dense_scores(query, key, mask, scaling=scaling, softcap=softcap)
-    probs = torch.softmax(scores, -1).nan_to_num(0.0)
-    return (probs * sinks[:, None, None, :]).sum(-1)
-
-
-def dense_reductions(
-    query, key, mask, *, scaling, window, bands, row_weight, softcap, sinks=None, exclude_sinks=False
-):
-    """METHOD.md's per-head vectors from full float64 softmax maps (fully masked rows -> 0).
-
-    ``exclude_sinks``: from the renormalised map A'[t,s] = A[t,s] / (1 - sum_{sinks} A[t,.]) off the
-    sink keys ``sinks`` (B, N) bool, 0 on them (rows with only sinks -> 0).
-    """
-    scores = dense_scores(query, key, mask, scaling=scaling, softcap=softcap)
-    n = scores.shape[-1]
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    if exclude_sinks:
-        on_sink = sinks[:, None, None, :]
-        rest = (probs * ~on_sink).sum(-1, keepdim=True)  # 1 - sink mass, without the cancellation
-        blind = (scores < torch.finfo(torch.float32).min / 2).all(-1, keepdim=True)  # sees no key
-        probs = torch.where(on_sink | (rest <= 0) | blind, 0.0, probs / rest.clamp_min(1e-300))
-    t = torch.arange(n)
-    gap = (t[:, None] - t[None, :]).double()
-    dist = (probs * gap.clamp_min(0)).sum(-1)
-    waad = (probs * gap.clamp(0, window)).sum(-1)
-    cols = {}
-    for lo, hi in bands:
-        inside = (gap >= lo) & ((gap <= hi) if hi is not None else torch.ones_like(gap, dtype=torch.bool))
-        cols[(lo, hi)] = (probs * inside * row_weight.double()[:, None, :, None]).sum(-2)
-    # the contract of stats: columns before a sequence's first weighted row are 0
-    for b in range(query.shape[0]):
-        weighted = torch.nonzero(row_weight[b] > 0).flatten()
-        first = int(weighted[0]) if weighted.numel() else n
-        for values in cols.values():
-            values[b, :, :first] = 0.0
-    return dist, waad, cols
 
 
 def first_live(live: torch.Tensor, count: int) -> torch.Tensor:

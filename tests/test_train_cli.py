@@ -291,7 +291,7 @@ def test_bad_input_is_one_line(capsys, tmp_path, args, needle):
 
 
 def test_fused_credit_forward(capsys, tiny_dir, tiny_yaml, tmp_path):
-    """--num-iterations 2: the credit is captured in TRL's old-logprob forward; fused without it: error."""
+    """--num-iterations 2: captured in TRL's old-logprob forward; without it: in the loss forward."""
     base = ("train", "--config", tiny_yaml, "--model", tiny_dir, "--credit-forward", "fused")
     code, _, err = run(capsys, *base, "--num-iterations", "2", "--out", tmp_path / "fused")
     assert code == 0, err
@@ -299,8 +299,13 @@ def test_fused_credit_forward(capsys, tiny_dir, tiny_yaml, tmp_path):
     assert [r["step"] for r in records] == [1]  # a record per rollout batch, which serves 2 steps
     assert records[0]["rhythm/fused"] == 1.0 and records[0]["rhythm/gamma_mean"] > 1.0
     assert TrainSettings.from_yaml(tmp_path / "fused" / "settings.yaml").credit_forward == "fused"
-    code, _, err = run(capsys, *base, "--out", tmp_path / "no-old-logps")
-    assert code != 0 and "old-logprob forward" in one_error_line(err)
+    code, _, err = run(capsys, *base, "--out", tmp_path / "loss")
+    assert code == 0, err
+    records = read_metrics(tmp_path / "loss")
+    assert records and {r["rhythm/fused"] for r in records} == {2.0}
+    entropy = ("--strategy", "entropy", "--num-iterations", "2")
+    code, _, err = run(capsys, *base, *entropy, "--out", tmp_path / "e")
+    assert code != 0 and err.strip().splitlines()[-1].startswith("error: ") and "entropy" in err
 
 
 def test_bad_config_and_resume_without_checkpoint(capsys, tmp_path):

@@ -252,7 +252,12 @@ def test_two_step_run_logs_and_shapes(tokenizer, tmp_path, monkeypatch, strategy
     if strategy == "none":  # plain GRPO: no credit forward at all
         assert trainer._rhythm_analyzer is None
         monkeypatch.setattr(Analyzer, "analyze", lambda self, traces: pytest.fail("credit forward ran"))
-    shaped = trainer._generate_and_score_completions([])["advantages"]
+    out = trainer._generate_and_score_completions([])
+    if trainer.rhythm_credit_path == "loss":  # num_iterations 1: shaped in the loss forward
+        assert out["advantages"].dim() == 1
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.compute_loss(trainer.model, out)
+    shaped = out["advantages"]
     if strategy == "none":
         assert torch.equal(shaped, batch["advantages"])
     else:

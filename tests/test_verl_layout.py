@@ -135,7 +135,7 @@ def test_shaping_nested_equals_padded_equals_method(lengths, seed):
     assert nested.is_nested
     for b, length in enumerate(lengths):
         torch.testing.assert_close(nested.unbind()[b], padded[b, :length], rtol=0, atol=0)
-    # METHOD.md: gamma only where A >= 0 and inside the mask
+    # docs/method.md: gamma only where A >= 0 and inside the mask
     expected = torch.where((advantages >= 0) & mask.bool(), advantages * gamma, advantages)
     torch.testing.assert_close(padded, expected, rtol=0, atol=0)
 

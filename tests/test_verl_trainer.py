@@ -66,7 +66,7 @@ def test_settings_come_from_the_modes_section():
     )
     settings = rhythm_settings(config)
     assert (settings.strategy, settings.q, settings.fai_horizon) == ("global", 0.3, (5, None))
-    assert rhythm_settings(verl_config()).strategy == "coupled"  # defaults: METHOD.md's rhythm credit
+    assert rhythm_settings(verl_config()).strategy == "coupled"  # defaults: docs/method.md's rhythm credit
 
 
 def test_bad_settings_fail_in_one_line():

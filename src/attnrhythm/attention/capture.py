@@ -34,11 +34,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from attnrhythm.attention import fused
+from attnrhythm.attention.model_config import config_int
 from attnrhythm.attention.reductions import Band, LayerReductions, tile_reductions
+from attnrhythm.attention.routes import ROUTES
 from attnrhythm.errors import AttnRhythmError
 
 IMPLEMENTATION = "attnrhythm"
-ROUTES = ("auto", "fused", "tile")
 
 _ACTIVE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("attnrhythm_capture", default=None)
 
@@ -66,6 +67,9 @@ class Capture:
             each row's sink mass (``LayerReductions.sink``).
         exclude_sinks: compute every statistic from the attention renormalised without the sink
             keys (see :mod:`attnrhythm.attention.reductions`).
+        own_output: whether the fused route may return its kernel's output for the layer (no-grad
+            forwards in fp32/bf16/fp16: saves the SDPA call). False keeps every layer output SDPA's,
+            bit for bit the forward without the capture (a loss forward).
         results: filled during the forward pass, layer index -> reductions.
         routes: filled during the forward pass, layer index -> the route taken.
     """
@@ -79,6 +83,7 @@ class Capture:
     route: str = field(default_factory=default_route)
     sinks: torch.Tensor | None = None
     exclude_sinks: bool = False
+    own_output: bool = True
     results: dict[int, LayerReductions] = field(default_factory=dict)
     routes: dict[int, str] = field(default_factory=dict)
 
@@ -131,7 +136,9 @@ class Capture:
         banded = layout.window is not None and any(e - s > layout.window for s, e in layout.segments)
         self.routes[layer] = "band" if banded else "fused"
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-        own_output = not banded and not needs_grad and query.dtype in fused.OWN_OUTPUT_DTYPES
+        own_output = (
+            self.own_output and not banded and not needs_grad and query.dtype in fused.OWN_OUTPUT_DTYPES
+        )
         with torch.no_grad():
             reductions, output = fused.layer_reductions(
                 query,
@@ -266,11 +273,9 @@ def use_streaming_attention(model: PreTrainedModel) -> PreTrainedModel:
 
 def num_layers(model: PreTrainedModel) -> int:
     """Number of decoder layers of ``model``."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
+    value = config_int(model, "num_hidden_layers", "n_layer", "num_layers")
+    if value is not None:
+        return value
     raise AttnRhythmError(f"cannot tell how many layers {type(model).__name__} has: pass --layers explicitly")
 
 

@@ -1,6 +1,6 @@
 """Per-head attention reductions computed in query tiles, never from a full N x N map.
 
-Every attention metric of METHOD.md is linear in the attention map A of one head, so it is
+Every attention metric of docs/method.md is linear in the attention map A of one head, so it is
 enough to keep, per head, a few length-N vectors:
 
 * ``dist[t]  = sum_s A[t,s] * (t - s)``          (row reduction; its mean over the response is

@@ -1,4 +1,4 @@
-"""``attnrhythm study couplings|perturb``: the paper's mechanism studies (METHOD.md section 6)."""
+"""``attnrhythm study couplings|perturb``: the paper's mechanism studies (docs/method.md section 6)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from attnrhythm.errors import AttnRhythmError
 
 study_app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="Does a model have the preplan-and-anchor rhythm? The paper's two mechanism studies.",
 )
 
@@ -31,16 +32,6 @@ RecordsOpt = typer.Option(
     None, "--records", help="Use these analysed records (from analyze, receivers on) instead of sampling."
 )
 BootOpt = typer.Option(2000, "--bootstrap", help="Bootstrap resamples over problems (95% intervals).")
-HeadsOpt = typer.Option(
-    None, "--heads", help="Fixed head set (heads.json of `attnrhythm heads`) instead of per-response classes."
-)
-SinksOpt = typer.Option(
-    "keep",
-    "--sinks",
-    help="keep (the paper) or exclude: metrics from attention renormalised without the sink tokens. "
-    "With --records analysed otherwise, the recorded responses are re-analysed (no new sampling).",
-)
-SinkTokensOpt = typer.Option(1, "--sink-tokens", help="The sinks: the first N tokens of each sequence.")
 
 
 def _prepare(
@@ -49,7 +40,7 @@ def _prepare(
     sinks="keep", sink_tokens=1,
 ):  # fmt: skip
     """(model, tokenizer, records, run metadata) from --records or by sampling (resumable)."""
-    from attnrhythm.analyze import AnalysisConfig
+    from attnrhythm.config import AnalysisConfig
     from attnrhythm.records import read_records
     from attnrhythm.studies.run import (
         SampleConfig,
@@ -64,18 +55,12 @@ def _prepare(
             "--heads applies to responses the study analyses, and --records were analysed already: "
             "drop --heads, or re-analyse the responses with `attnrhythm analyze --heads FILE`"
         )
-    fixed = heads_layers = None
-    if heads is not None:
-        from attnrhythm.analyze import load_heads_file
-
-        heads_layers, fixed = load_heads_file(heads)
     analysis = AnalysisConfig(
         layers=layers,
         window=window,
         fai_horizon=fai_horizon,
         head_quantile=head_quantile,
-        heads=fixed,
-        heads_layers=heads_layers,
+        heads=heads,
         proximity=proximity,
         receiver_count=receivers,
         sinks=sinks,
@@ -119,7 +104,7 @@ def _prepare(
 
         recs, errors = sampled_records(lm, tokenizer, model, sample, analysis, out, update)
     for err in errors:
-        cli.console.print(f"[yellow]skipped[/yellow] {err}", highlight=False)
+        cli.tagged("skipped", err, "yellow")
     if not recs:
         raise AttnRhythmError("no response could be analysed: raise --max-new-tokens or check the model")
     meta = run_meta(model, sample, recs)
@@ -154,9 +139,9 @@ def couplings(
     window: int = cli.WindowOpt,
     fai_horizon: str = cli.HorizonOpt,
     head_quantile: float = cli.QuantileOpt,
-    proximity: int = typer.Option(4, "--proximity", help="Receiver heads: count attention from >= this far."),
-    receivers: int = typer.Option(None, "--receivers", help="Receiver heads (default: as many as global)."),
-    heads: Path = HeadsOpt,
+    proximity: int = cli.ProximityOpt,
+    receivers: int = cli.ReceiversOpt,
+    heads: Path = cli.HeadsOpt,
 ) -> None:
     """Table 2: entropy at WAAD peaks, receiver vs global FAI peaks, FAI peaks at/after WAAD peaks."""
     from attnrhythm.studies.couplings import COUPLINGS, PeakSpec
@@ -227,9 +212,9 @@ def perturb(
     window: int = cli.WindowOpt,
     fai_horizon: str = cli.HorizonOpt,
     head_quantile: float = cli.QuantileOpt,
-    heads: Path = HeadsOpt,
-    sinks: str = SinksOpt,
-    sink_tokens: int = SinkTokensOpt,
+    heads: Path = cli.HeadsOpt,
+    sinks: str = cli.SinksOpt,
+    sink_tokens: int = cli.SinkTokensOpt,
     reuse_trials: Path = typer.Option(
         None,
         "--reuse-trials",

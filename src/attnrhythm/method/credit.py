@@ -1,41 +1,18 @@
-"""METHOD.md section 5: per-token credit gamma and the GRPO advantage shaping rule."""
+"""docs/method.md section 5: per-token credit gamma and the GRPO advantage shaping rule.
+
+Its settings, :class:`~attnrhythm.method.config.CreditConfig`, are declared in :mod:`.config`.
+"""
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
 import torch
 
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.method.config import STRATEGIES, CreditConfig
 from attnrhythm.method.rhythm import Roles, find_roles, top_q
-
-STRATEGIES: tuple[str, ...] = ("none", "local", "global", "coupled", "entropy", "random")
-
-
-@dataclass(frozen=True)
-class CreditConfig:
-    """Hyperparameters of the credit (METHOD.md defaults)."""
-
-    q: float = 0.4
-    amp: float = 1.5
-    alpha: float = 0.5
-    k: int = 3
-    tau_waad: float | None = None
-    tau_delta: float | None = None
-    selection: str = "top"  # or "bottom" (the ablation)
-    seed: int = 0  # for the random baseline
-
-    def __post_init__(self) -> None:
-        if self.selection not in ("top", "bottom"):
-            raise AttnRhythmError(f"bad selection {self.selection!r}: use 'top' or 'bottom'")
-        if not 0 <= self.alpha <= 1:
-            raise AttnRhythmError(f"bad alpha {self.alpha}: it must be in [0, 1]")
-        if not 0 < self.q <= 1:
-            raise AttnRhythmError(f"bad q {self.q}: it must be in (0, 1]")
-        if self.amp <= 0:
-            raise AttnRhythmError(f"bad amp {self.amp}: it must be > 0")
 
 
 def indicator(n: int, positions: list[int] | set[int]) -> torch.Tensor:

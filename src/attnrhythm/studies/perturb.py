@@ -36,6 +36,7 @@ import torch
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.generate import generate
+from attnrhythm.padding import left_pad
 from attnrhythm.studies.statistics import bootstrap_mean_ci, sign_test, wilson_interval
 
 #: Function words ignored by the content-word Jaccard: articles, pronouns, auxiliaries,
@@ -111,13 +112,7 @@ def pick_positions(fai: list[Any], margin: int) -> tuple[int, int] | str:
 def _next_token_candidates(model: Any, prefixes: list[list[int]], pad_id: int) -> torch.Tensor:
     """Next-token log-probabilities after each prefix, (B, vocab), one left-padded forward."""
     device = next(model.parameters()).device
-    length = max(len(p) for p in prefixes)
-    ids = torch.full((len(prefixes), length), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, p in enumerate(prefixes):
-        ids[b, length - len(p) :] = torch.tensor(p)
-        mask[b, length - len(p) :] = 1
-    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    ids, mask, position_ids = left_pad(prefixes, pad_id)
     inputs = {
         "input_ids": ids.to(device),
         "attention_mask": mask.to(device),

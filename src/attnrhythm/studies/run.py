@@ -21,7 +21,7 @@ from typing import Any
 
 from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.records import InputItem, ResumableWriter, read_records
+from attnrhythm.records import InputItem, ResumableWriter, read_records, write_json_atomic, write_text_atomic
 from attnrhythm.runner import GenerationConfig, analyze_items
 from attnrhythm.studies.couplings import PeakSpec, TraceSeries, couplings
 from attnrhythm.studies.outputs import (
@@ -29,8 +29,6 @@ from attnrhythm.studies.outputs import (
     couplings_plot,
     perturb_markdown,
     perturb_plot,
-    write_json_atomic,
-    write_text_atomic,
 )
 from attnrhythm.studies.perturb import PerturbConfig, perturb_record, summarise_trials
 from attnrhythm.studies.problems import problem_set
@@ -285,6 +283,3 @@ def run_perturb(
     write_text_atomic(out / "results.md", perturb_markdown(results))
     perturb_plot(results, trials, out / "perturb.png")
     return results
-
-
-

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from attnrhythm.method.config import ROLE_NAMES as ROLE_ORDER
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -49,7 +51,7 @@ PROBLEMS: tuple[Problem, ...] = (
     ),
 )
 
-#: role letter, name, record field, style when it marks a token on its own (METHOD.md section 4)
+#: role letter, name, record field, style when it marks a token on its own (docs/method.md section 4)
 ROLES: tuple[tuple[str, str, str], ...] = (
     ("P", "preplan", "preplan"),
     ("A", "anchor", "anchor"),
@@ -197,12 +199,12 @@ def show(console: Console, records: list[dict[str, Any]], tokens: bool = False, 
     color = console.color_system is not None and not console.no_color
     console.print(legend(color))
     summary = Table(title="summary", show_lines=False)
-    for col in ("trace", "tokens", "answer ok", "preplan", "anchor", "dominated", "intro", "mean γ coupled"):
+    for col in ("trace", "tokens", "answer ok", *ROLE_ORDER, "mean γ coupled"):
         summary.add_column(col, justify="right")
     for record in records:
         n = len(record["input_ids"]) - int(record["response_start"])
         question = " ".join(str(record.get("prompt", "")).split())
-        console.rule(f"[bold]{record.get('key', '')}[/bold]", align="left")
+        console.rule(Text(str(record.get("key", "")), style="bold"), align="left")
         console.print(Text(question, style="dim"))
         console.print(response_text(record, color))
         console.print(
@@ -222,7 +224,7 @@ def show(console: Console, records: list[dict[str, Any]], tokens: bool = False, 
             str(record.get("key", "")),
             str(n),
             answer_ok(record),
-            *(str(len(record["roles"][k])) for k in ("preplan", "anchor", "dominated", "intro")),
+            *(str(len(record["roles"][k])) for k in ROLE_ORDER),
             f"{sum(coupled) / len(coupled):.3f}",
         )
     console.print(summary)

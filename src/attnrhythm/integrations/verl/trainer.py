@@ -2,7 +2,7 @@
 
 Select it with ``trainer.v1.trainer_mode=rhythm_grpo`` and set the credit in the mode's own
 section, ``+trainer.v1.rhythm_grpo.strategy=coupled`` and any other field of
-:class:`~attnrhythm.train.config.RhythmCreditConfig` (``q``, ``amp``, ``alpha``, ``k``, ``layers``,
+:class:`~attnrhythm.rollout.config.RhythmCreditConfig` (``q``, ``amp``, ``alpha``, ``k``, ``layers``,
 ``fai_horizon``, ``batch_size``, ...). The class is verl's synchronous ``PPOTrainerSync`` with
 three overrides, all through verl's own hooks:
 
@@ -10,7 +10,7 @@ three overrides, all through verl's own hooks:
 * ``_compute_old_log_prob``: after verl's old log-probs, the actor workers compute gamma for the
   batch with the same weights (the current policy) and store it beside the batch;
 * ``_compute_advantage``: after verl's advantage estimator (GRPO), the token advantages become
-  ``gamma * A`` where ``A >= 0`` and stay ``A`` where ``A < 0`` (METHOD.md section 5), and the
+  ``gamma * A`` where ``A >= 0`` and stay ``A`` where ``A < 0`` (docs/method.md section 5), and the
   ``rhythm/*`` metrics join the step's metrics.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, fields
 from typing import Any
 
 import ray
@@ -40,8 +39,9 @@ from attnrhythm.integrations.verl.worker import (
     RhythmActorRolloutRefWorker,
 )
 from attnrhythm.method.credit import shape_advantages
+from attnrhythm.rollout.config import RhythmCreditConfig
 from attnrhythm.rollout.credit import COUNT_KEYS, rhythm_metrics
-from attnrhythm.train.config import RhythmCreditConfig
+from attnrhythm.settings import flat_names
 
 MODE = "rhythm_grpo"
 # keys of the mode's section that verl itself reads (PPOTrainer: trainer.v1.<mode>.parameter_sync_step)
@@ -58,7 +58,7 @@ def rhythm_settings(config: DictConfig | Mapping[str, Any]) -> RhythmCreditConfi
     )
     raw = OmegaConf.to_container(section, resolve=True) if section is not None else {}
     values = {key: value for key, value in (raw or {}).items() if key not in _VERL_KEYS}
-    known = {f.name for f in fields(RhythmCreditConfig)}
+    known = set(flat_names(RhythmCreditConfig))
     unknown = sorted(set(values) - known)
     if unknown:
         raise AttnRhythmError(
@@ -110,7 +110,7 @@ class RhythmPPOTrainer(PPOTrainerSync):
         self._rhythm_seconds = 0.0
         if self.rhythm.strategy == "none":
             return batch
-        batch.extra_info[SETTINGS_KEY] = asdict(self.rhythm)
+        batch.extra_info[SETTINGS_KEY] = self.rhythm.flat()
         batch.extra_info[STEP_KEY] = int(getattr(self, "global_steps", 0))
         started = time.perf_counter()
         try:

@@ -18,8 +18,8 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.integrations.verl.credit import batch_credit
+from attnrhythm.rollout.config import RhythmCreditConfig
 from attnrhythm.rollout.credit import COUNT_KEYS
-from attnrhythm.train.config import RhythmCreditConfig
 
 SETTINGS_KEY = "rhythm_credit"  # non-tensor entry of the batch: the RhythmCreditConfig fields
 STEP_KEY = "rhythm_step"  # non-tensor entry of the batch: the trainer's global step
