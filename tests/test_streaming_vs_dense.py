@@ -240,6 +240,34 @@ def test_analyzer_matches_dense_every_architecture(arch, route):
             compare_with_dense(arch, model, config, trace, result, in_hypothesis=False)
 
 
+@pytest.mark.parametrize("route", ["auto", "tile"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_excluded_sinks_match_dense_renormalised_maps(arch, route):
+    """--sinks exclude: spans, classes, WAAD and FAI of A' (renormalised without the first tokens)
+    equal the dense reference that renormalises the eager maps; the sink mass per head is the
+    eager maps' mean mass on the first tokens over the response rows."""
+    model = tiny_model(arch)
+    traces = [TraceInput(_random_ids(n, 10 * n + 1), r0) for n, r0 in [(70, 20), (33, 2), (57, 40)]]
+    for count in (1, 3):
+        config = AnalysisConfig(layers="all", tile_size=7, route=route, sinks="exclude", sink_tokens=count)
+        results = Analyzer(model, config).analyze(traces)
+        for trace, result in zip(traces, results, strict=True):
+            ref = dense_analysis(
+                model, trace.input_ids, trace.response_start, result.layers, exclude_sinks=count
+            )
+            close(result.distance, ref.distance)
+            assert result.heads.local == [(result.layers[li], h) for li, h in ref.local]
+            assert result.heads.global_ == [(result.layers[li], h) for li, h in ref.global_]
+            close(result.waad, ref.waad)
+            close(result.fai, ref.fai, equal_nan=True)
+            maps, _ = dense_maps(model, trace.input_ids)
+            mass = maps[result.layers][:, :, trace.response_start :, :count].sum(-1).mean(-1)
+            close(result.sink_mass, mass)
+            record = result.to_record()
+            assert record["sinks"] == {"mode": "exclude", "tokens": count}
+            assert len(record["heads"]["sink_mass"]) == len(result.layers)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _print_observed_differences():
     """After the module: the largest streaming-vs-dense differences seen (shown with -s)."""
