@@ -39,6 +39,8 @@ LAYERS: dict[str, int] = {
     "runner": 3,
     "tasks": 3,
     "rollout": 4,
+    "diff": 4,
+    "distributed": 4,
     "views": 5,
     "train": 5,
     "integrations": 5,

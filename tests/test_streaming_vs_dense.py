@@ -1,4 +1,4 @@
-"""The streaming capture equals the dense reference (METHOD.md on eager N x N maps).
+"""The streaming capture equals the dense reference (docs/method.md on eager N x N maps).
 
 Three levels:
 

@@ -54,7 +54,7 @@ def empty_metrics(records: Iterable[dict], fai_horizon: tuple[int, int | None] |
         out.append(
             f"FAI is null for every token: {where} looks past the end of every response (the longest has "
             f"{longest} tokens), so there are no anchors and gamma is 1; pick a horizon inside the "
-            "responses, e.g. --fai-horizon 10:50"
+            f"responses, e.g. --fai-horizon {'10:50' if longest > 11 else '1:end'}"
         )
     same_cause = ("fai", "fai_receiver") if defined.get("fai") is False else ("fai",)
     for name in sorted(k for k, ok in defined.items() if not ok and k not in (*same_cause, "delta")):

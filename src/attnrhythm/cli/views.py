@@ -20,7 +20,9 @@ def demo(
         help="Where to write the records; the HTML report goes beside it (same name, .html).",
     ),
     n: int = typer.Option(3, "--n", help="How many built-in problems to answer (1-6)."),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Tokens generated per answer."),
+    max_new_tokens: int = typer.Option(
+        256, "--max-new-tokens", help="Tokens generated per answer (an answer that reaches it is marked cut)."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature (0: greedy)."),
     tokens: bool = typer.Option(False, "--tokens", help="Also print the per-token table of each answer."),
     rows: int = typer.Option(0, "--rows", help="With --tokens: token rows per table (0: all)."),
@@ -71,7 +73,7 @@ def demo(
     records = [by_key[item.key] for item in items if item.key in by_key]
     if not records:
         raise AttnRhythmError("no answer could be analysed: raise --max-new-tokens")
-    show(opts.out_console, records, tokens=tokens, rows=rows)
+    show(opts.out_console, records, tokens=tokens, rows=rows, max_new_tokens=max_new_tokens)
     report_path = write_report(records, out.with_suffix(".html"))
     opts.out_console.print(
         f"\nrecords: {out.resolve()}  (schema: docs/records.md)", highlight=False

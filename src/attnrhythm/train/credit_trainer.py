@@ -30,7 +30,7 @@ is ``self.rhythm_credit_path`` and the metric ``rhythm/fused``):
   and reduces the loss, replaces that micro-batch's (B,) advantages by the shaped (B, T) ones.
   Each micro-batch of a gradient-accumulation window is shaped in its own loss forward (the same
   weights as at generation: no optimiser step happens in between). The ``entropy`` strategy takes
-  its entropy from the same forward (TRL computes it there), which is METHOD.md's untempered
+  its entropy from the same forward (TRL computes it there), which is docs/method.md's untempered
   entropy only at ``temperature`` 1.0; at any other temperature it keeps the separate forward.
 * ``separate``: one extra no-grad forward per chunk of sequences (:func:`rollout_gamma`), the
   policy prepared with TRL's own ``unwrap_model_for_generation`` as for generation.

@@ -42,6 +42,7 @@ from attnrhythm.method.config import ROLE_NAMES
 from attnrhythm.method.peaks import peaks
 from attnrhythm.records import check_file_target, write_text_atomic
 from attnrhythm.schema import SCHEMA_VERSION
+from attnrhythm.tasks.mathcheck import math_reward
 
 DEFAULT_SPAN = 128
 ROLES = ROLE_NAMES
@@ -338,11 +339,26 @@ def _sink_rows(heads: dict[str, Any]) -> list | None:
     return [_nums(row) for row in mass] if isinstance(mass, list) else None
 
 
+def record_correct(record: dict[str, Any]) -> bool | None:
+    """Whether the record's answer was correct: its ``correct`` field when it is a bool, else the
+    response checked against its reference ``answer`` by the math checker (the last box, "the
+    answer is", or the last number, equal as a number); None when the record has neither."""
+    if isinstance(record.get("correct"), bool):
+        return record["correct"]
+    answer = record.get("answer")
+    if answer is None or isinstance(answer, bool) or not isinstance(answer, str | int | float):
+        return None
+    return math_reward(str(record.get("response", "")), answer) == 1.0
+
+
 def _meta_pairs(record: dict[str, Any], n: int) -> list[list[str]]:
     pairs: list[list[str]] = [["response tokens", str(n)]]
+    correct = record_correct(record)
+    if correct is not None:
+        pairs.append(["correct", "yes" if correct else "no"])
     for field in ("reward", "answer"):
         if field in record:
-            pairs.append([field, _short(record[field])])
+            pairs.append([field if field == "reward" else "reference", _short(record[field])])
     if "generated" in record:
         pairs.append(["generated", "yes" if record["generated"] else "no"])
     pairs.append(["layers", ",".join(str(x) for x in record["layers"])])
@@ -463,6 +479,7 @@ def index_payload(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
     rows = []
     pooled: dict[str, list[float]] = {"waad": [], "fai": [], "entropy": []}
     has = {"reward": False, "answer": False}
+    any_correct = False
     for i, record in enumerate(records):
         n = n_response(record)
         metrics = record["metrics"]
@@ -478,6 +495,10 @@ def index_payload(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
             "entropy": _num(_mean(metrics["entropy"])),
             "maps": record.get("maps") is not None,
         }
+        correct = record_correct(record)
+        if correct is not None:
+            any_correct = True
+            row["correct"] = "yes" if correct else "no"
         for field in has:
             if field in record:
                 has[field] = True
@@ -490,9 +511,14 @@ def index_payload(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
         {"key": "key", "label": "key", "kind": "text"},
         {"key": "n", "label": "tokens", "kind": "num", "help": "response tokens"},
     ]
+    if any_correct:
+        columns.append(
+            {"key": "correct", "label": "correct", "kind": "text", "help": "answer vs the reference"}
+        )
     for field in ("reward", "answer"):
         if has[field]:
-            columns.append({"key": field, "label": field, "kind": "num" if _numeric(rows, field) else "text"})
+            label = "reference" if field == "answer" else field
+            columns.append({"key": field, "label": label, "kind": "num" if _numeric(rows, field) else "text"})
     for name, label in (
         ("preplan", "preplan"),
         ("anchor", "anchor"),
