@@ -41,6 +41,12 @@ from attnrhythm.padding import left_pad
 from attnrhythm.schema import SCHEMA_VERSION, record_float, record_floats
 
 
+def sink_positions(live: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, N) bool: the first ``count`` live positions of each row of ``live`` (B, N) (the sink keys)."""
+    live = live.bool()
+    return live & (live.long().cumsum(-1) <= count)
+
+
 @dataclass
 class TraceInput:
     """One sequence: token ids of prompt + response and the index of the first response token."""
@@ -111,6 +117,7 @@ class TraceResult:
     maps: dict[str, Any] | None = None  # {"span": [s, e], "local": SxS, "global": SxS} (tensors)
     receivers: list[tuple[int, int]] = field(default_factory=list)  # receiver heads (absolute layer)
     fai_receiver: torch.Tensor | None = None  # FAI over receiver heads
+    sink_mass: torch.Tensor | None = None  # (L, H) mean attention mass on the sinks over response rows
     tokenizer: Any = field(default=None, repr=False, compare=False)  # for tokens in to_record / notebooks
 
     def _repr_html_(self) -> str | None:
@@ -164,6 +171,9 @@ class TraceResult:
             record["heads"]["receiver"] = [list(h) for h in self.receivers]
             record["heads"]["proximity"] = self.config.proximity
             record["metrics"]["fai_receiver"] = _floats(self.fai_receiver)
+        record["sinks"] = {"mode": self.config.sinks, "tokens": self.config.sink_tokens}
+        if self.sink_mass is not None:
+            record["heads"]["sink_mass"] = [record_floats(row) for row in self.sink_mass.tolist()]
         if self.maps is not None:
             record["maps"] = maps_to_json(self.maps)
         return record
@@ -255,7 +265,7 @@ class Analyzer:
                 s0, s1 = clip_span(self.config.save_maps, len(t.input_ids) - t.response_start)
                 offset = length - len(t.input_ids) + t.response_start
                 spans.append((offset + s0, offset + s1))
-        capture = self.new_capture(row_weight.to(device), blocks=spans)
+        capture = self.new_capture(row_weight.to(device), blocks=spans, live=mask)
         was_training = model.training
         model.eval()
         try:
@@ -283,14 +293,23 @@ class Analyzer:
         return bands  # type: ignore[return-value]
 
     def new_capture(
-        self, row_weight: torch.Tensor, blocks: list[tuple[int, int] | None] | None = None
+        self,
+        row_weight: torch.Tensor,
+        blocks: list[tuple[int, int] | None] | None = None,
+        live: torch.Tensor | None = None,
     ) -> cap.Capture:
         """A :class:`~attnrhythm.attention.capture.Capture` of this analysis for a (B, N) padded batch.
 
         ``row_weight`` is 1 on the response rows of each sequence (the rows whose attention the
         column reductions sum), 0 elsewhere. Activate it with :func:`~attnrhythm.attention.capture.capturing`
         around any forward of this model over that batch, then call :meth:`results_from_capture`.
+        ``live`` (B, N), the attention mask of the batch, locates the sinks (the first
+        ``sink_tokens`` live tokens of each row): without it no sink mass is measured, and
+        ``sinks="exclude"`` is an error.
         """
+        sinks = None if live is None else sink_positions(live.to(row_weight.device), self.config.sink_tokens)
+        if sinks is None and self.config.sinks == "exclude":
+            raise AttnRhythmError("sinks='exclude' needs the batch's attention mask: pass live=mask")
         return cap.Capture(
             layers=self.layers,
             window=self.config.window,
@@ -299,6 +318,8 @@ class Analyzer:
             tile_size=self.config.tile_size,
             blocks=blocks,
             route=self.config.route or cap.default_route(),
+            sinks=sinks,
+            exclude_sinks=self.config.sinks == "exclude",
         )
 
     def results_from_capture(
@@ -393,6 +414,11 @@ class Analyzer:
             [capture.results[layer].cols[horizon][b, :, r0:r1] for layer in self.layers]
         ).cpu()
         distance = head_distance(span, r1 - r0)
+        sink_mass = None
+        if capture.results[self.layers[0]].sink is not None:
+            sink_mass = torch.stack(
+                [capture.results[layer].sink[b, :, r0:r1].double().mean(-1) for layer in self.layers]
+            ).cpu()
         receivers: list[tuple[int, int]] = []
         fai_receiver = None
         if cfg.receiver_count != 0:
@@ -461,6 +487,7 @@ class Analyzer:
             maps=maps,
             receivers=[(self.layers[li], h) for li, h in receivers],
             fai_receiver=fai_receiver,
+            sink_mass=sink_mass,
         )
 
 

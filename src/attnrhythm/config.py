@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from attnrhythm.method.rhythm import HeadClasses
 
 
+SINK_MODES = ("keep", "exclude")
+
+
 @dataclass(frozen=True)
 class HeadsOption:
     """A ``heads`` value, parsed (:func:`parse_heads`): ``sequence`` (classes per sequence), ``file``
@@ -85,6 +88,12 @@ class AnalysisConfig:
     route: str | None = setting(
         None, help="Attention route: auto, fused or tile (default: $ATTNRHYTHM_ROUTE or auto)."
     )
+    sinks: str = setting(
+        "keep",
+        help="keep (the paper) or exclude: spans, WAAD, FAI and receiver scores from the attention "
+        "renormalised without the sink tokens (docs/sinks.md).",
+    )
+    sink_tokens: int = setting(1, help="The sinks: the first N tokens of each sequence.")
     heads_file: str | None = None  # the file a fixed head set came from (or "refresh:K")
     heads_refresh: int = 0  # K of heads refresh:K (a trainer refreshes; 0: no refresh)
 
@@ -108,6 +117,10 @@ class AnalysisConfig:
             raise AttnRhythmError(f"bad --proximity {self.proximity}: it must be >= 1")
         if self.route is not None and self.route not in ROUTES:
             raise AttnRhythmError(f"bad route {self.route!r}: use one of {', '.join(ROUTES)}")
+        if self.sinks not in SINK_MODES:
+            raise AttnRhythmError(f"bad --sinks {self.sinks!r}: use one of {', '.join(SINK_MODES)}")
+        if self.sink_tokens < 1:
+            raise AttnRhythmError(f"bad --sink-tokens {self.sink_tokens}: it must be >= 1")
         if self.tile_size is not None and self.tile_size < 1:
             raise AttnRhythmError(f"bad --tile-size {self.tile_size}: it must be >= 1")
         if not 0 < self.head_quantile <= 0.5:

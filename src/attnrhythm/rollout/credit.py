@@ -257,7 +257,7 @@ def capturing_rollout(
     row_weight = torch.zeros(input_ids.shape, dtype=torch.float32)
     for b, trace in todo:
         row_weight[b, p : p + len(trace.input_ids) - trace.response_start] = 1.0
-    capture = analyzer.new_capture(row_weight.to(input_ids.device))
+    capture = analyzer.new_capture(row_weight.to(input_ids.device), live=attention_mask)
     capture.own_output = not keep_model_output
     found = FusedChunk()
     with capturing(capture):

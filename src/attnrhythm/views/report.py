@@ -333,6 +333,12 @@ def _encode_map(matrix: np.ndarray) -> tuple[str, float]:
     return base64.b64encode(quant.tobytes()).decode("ascii"), vmax
 
 
+def _sink_rows(heads: dict[str, Any]) -> list | None:
+    """The per-head sink mass (``heads.sink_mass``, records from before it: None)."""
+    mass = heads.get("sink_mass")
+    return [_nums(row) for row in mass] if isinstance(mass, list) else None
+
+
 def record_correct(record: dict[str, Any]) -> bool | None:
     """Whether the record's answer was correct: its ``correct`` field when it is a bool, else the
     response checked against its reference ``answer`` by the math checker (the last box, "the
@@ -428,6 +434,8 @@ def trace_payload(
             "local": [list(h) for h in heads["local"]],
             "global": [list(h) for h in heads["global"]],
             "receiver": [list(h) for h in heads.get("receiver", [])],
+            "sink": _sink_rows(heads),
+            "sinks": (record.get("sinks") or {}).get("mode", "keep"),
         },
         "maps": None,
         "maps_note": note,

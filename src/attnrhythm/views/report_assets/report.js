@@ -784,7 +784,8 @@
       const key = h.layers[r] + ":" + k;
       const tags = [cls[key], recv.has(key) ? "receiver" : null].filter(Boolean).join(", ");
       showTip(
-        "layer " + h.layers[r] + " \u00b7 head " + k + "<br>span d = " + fmt(h.d[r][k]) + (tags ? "<br>" + tags : "") +
+        "layer " + h.layers[r] + " \u00b7 head " + k + "<br>span d = " + fmt(h.d[r][k]) +
+        (h.sink ? "<br>sink mass = " + fmt(h.sink[r][k]) + (h.sinks === "exclude" ? " (excluded)" : "") : "") + (tags ? "<br>" + tags : "") +
           stabilityText(h.layers[r], k),
         e.clientX,
         e.clientY
