@@ -28,7 +28,6 @@ def register(app: typer.Typer) -> None:
         traces: Path = typer.Option(
             None,
             "--traces",
-            "-i",
             help='With two models: JSONL of {"prompt", "response"} lines or analyze records (their '
             "input_ids are used as they are).",
         ),
