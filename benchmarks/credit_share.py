@@ -1,24 +1,29 @@
 """Cost of the rhythm credit inside GRPO steps on CPU: separate credit forward vs fused capture.
 
 For each credit forward (``separate``, ``fused``) a fresh copy of the policy is trained with
-``RhythmGRPOTrainer`` for ``--steps`` optimiser steps with ``num_iterations=2`` (so TRL runs its
-no-grad ``old_per_token_logps`` forward, which the fused mode captures in). Reported per mode:
+``RhythmGRPOTrainer`` for ``--steps`` optimiser steps. With ``--num-iterations 1`` (TRL's
+default) ``fused`` captures the statistics in TRL's loss forward (path ``loss``); with 2, TRL
+runs its no-grad ``old_per_token_logps`` forward and ``fused`` captures there (path
+``old-logps``). Reported per mode:
 
 * ``s/step``: mean wall time of an optimiser step (TRL's ``step_time``: generation, reward, the
-  old-logprob forward, credit, loss, backward, update), over all steps of the run.
+  old-logprob forward if any, credit, loss, backward, update), over all steps of the run.
 * ``credit s``: the credit's own seconds for one rollout batch, timed on the *same* rollouts (the
-  last rollout batch of the run) back to back, best of ``--repeats``:
-  ``separate`` = the separate credit forward and shaping (``rollout_gamma``), what the trainer
-  adds to a step; ``fused`` = TRL's old-logprob forward *with* the capture and the shaping minus
-  the same forward without the capture (what TRL runs anyway).
+  run's last rollout batch, or its last micro-batch for ``loss``) back to back, best of
+  ``--repeats``: ``separate`` = the separate credit forward and shaping (``rollout_gamma``), what
+  the trainer adds to a step; ``old-logps`` = TRL's old-logprob forward *with* the capture and the
+  shaping minus the same forward without (what TRL runs anyway); ``loss`` = TRL's loss forward
+  (``compute_loss``, gradients on) of the micro-batch *with* the capture and the shaping (plain
+  (B,) advantages) minus the same loss forward with the advantages already shaped (no capture).
 * ``credit share``: credit s per rollout batch / seconds per rollout batch (= s/step x
-  ``num_iterations``, one rollout batch serves that many steps).
+  ``num_iterations``, one rollout batch serves that many steps; gradient accumulation is 1).
 
 Runs in one process or under ``torchrun`` (each rank times its own slice; rank 0 prints, after
 taking the max over ranks of every time so the slowest rank counts)::
 
-    python benchmarks/credit_share.py
-    torchrun --nproc_per_node 2 benchmarks/credit_share.py
+    python benchmarks/credit_share.py                       # num_iterations 1: separate vs loss
+    python benchmarks/credit_share.py --num-iterations 2    # separate vs old-logps
+    torchrun --nproc_per_node 2 benchmarks/credit_share.py --threads 1
 
 The machine may be shared: compare rows of one invocation (the modes run back to back).
 """
@@ -44,6 +49,9 @@ def main() -> None:
         "--repeats", type=int, default=3, help="back-to-back timings of the credit (best kept)"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: leave as is)")
+    parser.add_argument(
+        "--num-iterations", type=int, default=1, help="TRL's num_iterations (1: fused = the loss forward)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,6 +63,8 @@ def main() -> None:
     from attnrhythm.rollout.credit import credit_from_results, rollout_gamma
     from attnrhythm.train import RhythmCreditConfig, RhythmGRPOTrainer
     from attnrhythm.train.credit_trainer import _FusedBatch
+
+    iterations = args.num_iterations
 
     prompts = [
         f"Compute {a} + {b}. Think step by step, then answer." for a in range(1, 9) for b in range(1, 9)
@@ -79,7 +89,7 @@ def main() -> None:
             per_device_train_batch_size=args.batch,
             num_generations=args.generations,
             max_completion_length=args.completion_length,
-            num_iterations=2,
+            num_iterations=iterations,
             logging_steps=1,
             save_strategy="no",
             bf16=False,
@@ -103,19 +113,31 @@ def main() -> None:
         seconds_per_step = sum(steps) / len(steps)
 
         batch = trainer.last_rollout
+        path = trainer.rhythm_credit_path
         ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
         keep = batch["completion_ids"].shape[1]
         loss_mask = batch["completion_mask"] * batch.get("tool_mask", 1)
         rhythm = trainer.rhythm
 
+        shaped = None
+        if path == "loss":  # the micro-batch's advantages as the loss forward shapes them
+            shaped = dict(batch)
+            trainer.compute_loss(trainer.model, shaped)
+
         def plain_forward() -> None:
+            if path == "loss":  # (B, T) advantages: no capture
+                trainer.compute_loss(trainer.model, dict(shaped))
+                return
             GRPOTrainer._get_per_token_logps_and_entropies(
                 trainer, trainer.model, ids, mask, keep, args.batch
             )
 
         def fused_forward() -> None:
-            trainer._rhythm_fused_batch = _FusedBatch()
+            if path == "loss":  # (B,) advantages: the loss forward captures and shapes
+                trainer.compute_loss(trainer.model, dict(batch))
+                return
+            trainer._rhythm_fused_batch = _FusedBatch("old-logps")
             trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep, args.batch)
             credit_from_results(
                 rhythm.credit_config(),
@@ -142,28 +164,32 @@ def main() -> None:
 
         best: dict[str, float] = {}
         routes = {"plain": plain_forward, "fused": fused_forward, "separate": separate_credit}
-        with torch.no_grad():
-            for _ in range(args.repeats):
-                for name, route in routes.items():  # interleaved: the same load on each
-                    started = time.perf_counter()
-                    route()
-                    best[name] = min(best.get(name, float("inf")), time.perf_counter() - started)
+        if path != "loss":  # the loss forward carries gradients, as in training
+            routes = {name: torch.no_grad()(route) for name, route in routes.items()}
+        for _ in range(args.repeats):
+            for name, route in routes.items():  # interleaved: the same load on each
+                started = time.perf_counter()
+                route()
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - started)
         credit = best["separate"] if mode == "separate" else best["fused"] - best["plain"]
         values = torch.tensor([seconds_per_step, credit, best["plain"], best["fused"], best["separate"]])
         values = trainer.accelerator.gather(values.to(trainer.accelerator.device)).view(-1, 5).max(0).values
-        return (mode, trainer.accelerator.num_processes, *values.tolist())
+        return (path, trainer.accelerator.num_processes, *values.tolist())
 
     rows = [run_mode(mode) for mode in ("separate", "fused")]
 
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"torch threads per process: {torch.get_num_threads()}; steps per mode: {args.steps}")
         print(
-            "| credit forward | processes | s/step | credit s / rollout batch | credit share |"
-            " TRL old-logprob forward s | with capture s | separate credit s |"
+            f"torch threads per process: {torch.get_num_threads()}; steps per mode: {args.steps}; "
+            f"num_iterations: {iterations}"
+        )
+        print(
+            "| credit path | processes | s/step | credit s / rollout batch | credit share |"
+            " TRL forward s (old-logprob, or loss for `loss`) | with capture s | separate credit s |"
         )
         print("|---|---|---|---|---|---|---|---|")
         for mode, world, sps, credit, plain, fused, separate in rows:
-            share = credit / (sps * 2)
+            share = credit / (sps * iterations)
             print(
                 f"| {mode} | {world} | {sps:.2f} | {credit:.3f} | {share:.1%} | {plain:.3f} | {fused:.3f} |"
                 f" {separate:.3f} |"

@@ -1,4 +1,4 @@
-"""Per-sequence vs corpus head classes on the same responses (the README's "Corpus head sets" numbers).
+"""Per-sequence vs corpus head classes on the same responses (the numbers of docs/heads.md).
 
     attnrhythm heads STUDY/records.jsonl --out heads.json
     # the same prompt/response pairs analysed twice: per sequence, and with --heads heads.json

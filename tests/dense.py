@@ -1,7 +1,7 @@
-"""Dense reference: METHOD.md computed from full eager attention maps (tests only).
+"""Dense reference: docs/method.md computed from full eager attention maps (tests only).
 
 It runs the model with ``attn_implementation="eager"`` and ``output_attentions=True`` on one
-unpadded sequence, builds the mean local/global maps exactly as METHOD.md writes them and
+unpadded sequence, builds the mean local/global maps exactly as docs/method.md writes them and
 evaluates every formula on the N x N maps in float64.
 """
 
@@ -47,9 +47,16 @@ def dense_analysis(
     window: int = 10,
     horizon: tuple[int, int | None] = (10, 50),
     quantile: float = 0.3,
+    exclude_sinks: int = 0,
 ) -> DenseResult:
+    """``exclude_sinks`` = n > 0: every metric from A'[t,s] = A[t,s] / (1 - sum_{s'<n} A[t,s']) for
+    s >= n, 0 for s < n (rows t < n: 0)."""
     maps_all, logits = dense_maps(model, input_ids)
     maps = maps_all[layers]
+    if exclude_sinks:
+        rest = maps[..., exclude_sinks:].sum(-1, keepdim=True)
+        maps = torch.where(rest > 0, maps / rest.clamp_min(1e-300), 0.0)
+        maps[..., :exclude_sinks] = 0.0
     n = len(input_ids)
     r0 = response_start
     t = torch.arange(n, dtype=torch.float64)

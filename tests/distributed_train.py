@@ -3,7 +3,9 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/distributed_train.py TOKENIZER_DIR OUT_DIR
 
 On CPU with gloo, in the same processes: (1) ``separate`` credit, 2 steps, a checkpoint per step;
-(2) that run resumed to step 3; (3) ``fused`` credit (``num_iterations=2``), 2 steps. Every rank
+(2) that run resumed to step 3; (3) ``fused`` credit (``num_iterations=2``), 2 steps; (4) the ``loss``
+path (``num_iterations=1``, 2 micro-batches per step) and (5) the same run with the separate
+forward. Every rank
 saves what it saw to ``OUT_DIR/rank{RANK}.pt``; the test checks it.
 """
 
@@ -104,12 +106,15 @@ def main(tokenizer_dir: str, out_dir: str) -> None:
 
     results = {}
     ckpt = os.path.join(out_dir, "run")
+    micro = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2)  # 2 micro-batches a step
     for name, forward, resume, overrides in [
         ("separate", "separate", False, dict(save_strategy="steps", save_steps=1)),
         ("resumed", "separate", True, dict(save_strategy="steps", save_steps=1, max_steps=3)),
         ("fused", "fused", False, dict(num_iterations=2)),
+        ("loss", "auto", False, micro),
+        ("loss-separate", "separate", False, micro),
     ]:
-        path = ckpt if name != "fused" else os.path.join(out_dir, "fused")
+        path = ckpt if name in ("separate", "resumed") else os.path.join(out_dir, name)
         trainer = run(name, path, forward, resume, **overrides)
         results[name] = {
             "records": seen[name],
@@ -121,6 +126,10 @@ def main(tokenizer_dir: str, out_dir: str) -> None:
                 if "loss" in h
             ],
             "world": trainer.accelerator.num_processes,
+            "path": trainer.rhythm_credit_path,
+            "params": {
+                n: p.detach().clone() for n, p in trainer.model.named_parameters() if "embed" not in n
+            },
         }
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 

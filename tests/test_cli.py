@@ -53,6 +53,22 @@ def test_analyze_prompt_response_writes_record(capsys, tiny_dir, tmp_path):
     assert not Path(str(out) + ".partial").exists()
 
 
+def test_analyze_gamma_norm_mean(capsys, tiny_dir, tmp_path):
+    """--gamma-norm mean: every strategy's gamma in the record has mean 1 over the response."""
+    outs = {}
+    for norm in ("none", "mean"):
+        outs[norm] = tmp_path / f"{norm}.jsonl"
+        args = ("--prompt", PROMPT, "--response", RESPONSE, "--fai-horizon", "2:end", "--gamma-norm", norm)
+        code, _, err = run(capsys, "analyze", "--model", tiny_dir, "--out", outs[norm], *args)
+        assert code == 0, err
+    (plain,), (normed,) = list(iter_jsonl(outs["none"])), list(iter_jsonl(outs["mean"]))
+    assert plain["credit"]["gamma_norm"] == "none" and normed["credit"]["gamma_norm"] == "mean"
+    for name, values in normed["gamma"].items():
+        raw = plain["gamma"][name]
+        assert sum(values) / len(values) == pytest.approx(1.0, abs=1e-6), name
+        assert values == pytest.approx([v * len(raw) / sum(raw) for v in raw], rel=1e-6), name
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -65,6 +81,7 @@ def test_analyze_prompt_response_writes_record(capsys, tiny_dir, tmp_path):
         (["--prompt", PROMPT, "--response", RESPONSE, "--layers", "a,b"], "--layers"),
         (["--prompt", PROMPT, "--response", RESPONSE, "--q", "0"], "bad q"),
         (["--prompt", PROMPT, "--response", RESPONSE, "--selection", "middle"], "selection"),
+        (["--prompt", PROMPT, "--response", RESPONSE, "--gamma-norm", "sum"], "bad gamma_norm"),
         (["--prompt", PROMPT], "--response"),
         ([], "nothing to analyse"),
         (["--prompt", PROMPT, "--response", RESPONSE, "--bogus-flag", "1"], "--bogus-flag"),
@@ -202,4 +219,7 @@ def test_analyze_writes_report(capsys, tiny_dir, tmp_path):
     assert code == 0, err
     text = html.read_text()
     assert text.startswith("<!DOCTYPE html>") or text.lower().startswith("<!doctype html>")
-    assert "http://" not in text and "https://" not in text
+    # self-contained: no external resource (a plain <a href> to the paper is a link, not a resource)
+    import re
+
+    assert not re.search(r"""(src=|url\(|@import|<link[^>]*href=)["']?https?://""", text)

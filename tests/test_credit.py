@@ -1,4 +1,4 @@
-"""credit.py against gamma computed by hand (METHOD.md section 5), and the GRPO shaping rule."""
+"""credit.py against gamma computed by hand (docs/method.md section 5), and the GRPO shaping rule."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from attnrhythm.method.credit import (
     CreditConfig,
     gamma,
     indicator,
+    normalize_gamma,
     random_selection,
     shape_advantages,
 )
@@ -230,3 +231,107 @@ def test_shape_property(data, b, t):
             a = float(adv[i, j])
             assert float(out[i, j]) == pytest.approx(a * float(gam[i, j]) if a >= 0 else a)
     assert torch.equal(out < 0, adv < 0)  # gamma > 0 never flips a sign
+
+
+# ---------------------------------------------------------------------------------------------
+# gamma_norm (mean gamma over each response's loss tokens = 1) and shape (positive | both)
+
+MEAN = CreditConfig(gamma_norm="mean")
+BOTH = CreditConfig(shape="both")
+
+
+def _batch(data, b: int, t: int, *, signed: bool = True):
+    """Per-response advantages (B,), gamma (B, T) and a loss mask with >= 1 token per row."""
+    floats = st.floats(-5, 5, allow_nan=False) if signed else st.floats(0, 5, allow_nan=False)
+    adv = torch.tensor(data.draw(st.lists(floats, min_size=b, max_size=b)), dtype=torch.float64)
+    gam = torch.tensor(
+        data.draw(st.lists(st.floats(0.25, 3.0), min_size=b * t, max_size=b * t)), dtype=torch.float64
+    ).reshape(b, t)
+    mask = torch.tensor(data.draw(st.lists(st.booleans(), min_size=b * t, max_size=b * t))).reshape(b, t)
+    mask[:, 0] = True
+    return adv, gam, mask
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), b=st.integers(1, 4), t=st.integers(1, 12), shape=st.sampled_from(["positive", "both"]))
+def test_mean_norm_preserves_each_responses_mass(data, b, t, shape):
+    adv, gam, mask = _batch(data, b, t)
+    out = shape_advantages(adv, gam, mask, CreditConfig(gamma_norm="mean", shape=shape))
+    for i in range(b):
+        loss = mask[i]
+        # sum of gamma * A over the loss tokens == sum of A over them, for A of either sign
+        # (a negative A under "positive" is untouched, so its mass is trivially kept)
+        assert float(out[i][loss].sum()) == pytest.approx(float(adv[i]) * int(loss.sum()), rel=1e-9, abs=1e-9)
+        assert torch.equal(out[i][~loss], adv[i].expand(t)[~loss])  # outside the loss: A as it was
+    norm = normalize_gamma(gam, mask)
+    means = (norm * mask).sum(-1) / mask.sum(-1)
+    torch.testing.assert_close(means, torch.ones(b, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), b=st.integers(1, 4), t=st.integers(1, 12), norm=st.sampled_from(["none", "mean"]))
+def test_positive_leaves_negative_advantages_untouched(data, b, t, norm):
+    adv, gam, mask = _batch(data, b, t)
+    tokens = adv[:, None] * gam  # token-level advantages of both signs
+    for a in (adv, tokens):
+        out = shape_advantages(a, gam, mask, CreditConfig(gamma_norm=norm))
+        full = a if a.dim() == 2 else a[:, None].expand_as(gam)
+        negative = full < 0
+        assert torch.equal(out[negative], full[negative])
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), b=st.integers(1, 4), t=st.integers(1, 12), norm=st.sampled_from(["none", "mean"]))
+def test_both_scales_either_sign(data, b, t, norm):
+    adv, gam, mask = _batch(data, b, t)
+    out = shape_advantages(adv, gam, mask, CreditConfig(gamma_norm=norm, shape="both"))
+    g = normalize_gamma(gam, mask, norm)
+    torch.testing.assert_close(out, adv[:, None] * g, rtol=0, atol=0)
+    assert torch.equal(out < 0, adv[:, None].expand_as(gam) < 0)  # gamma > 0 never flips a sign
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), b=st.integers(1, 4), t=st.integers(1, 12))
+def test_defaults_are_the_papers_rule(data, b, t):
+    """CreditConfig() (and no config at all) is the rule as it was before these knobs existed."""
+    adv, gam, mask = _batch(data, b, t)
+    full = adv[:, None].expand_as(gam)
+    before = torch.where(full >= 0, full * torch.where(mask, gam, torch.ones_like(gam)), full)
+    assert torch.equal(shape_advantages(adv, gam, mask), before)
+    assert torch.equal(shape_advantages(adv, gam, mask, CreditConfig()), before)
+    assert CreditConfig().gamma_norm == "none" and CreditConfig().shape == "positive"
+
+
+def test_gamma_mean_norm_over_the_response():
+    for strategy in STRATEGIES:
+        raw = gamma(strategy, waad=WAAD, fai=FAI, delta=DELTA, entropy=ENTROPY)
+        norm = gamma(strategy, waad=WAAD, fai=FAI, delta=DELTA, entropy=ENTROPY, config=MEAN)
+        assert float(norm.mean()) == pytest.approx(1.0, abs=1e-12)
+        torch.testing.assert_close(norm, raw / raw.mean(), rtol=0, atol=0)
+        # scale-free: normalising again (as the shaping does over the loss tokens) changes nothing
+        torch.testing.assert_close(normalize_gamma(norm[None])[0], norm, rtol=0, atol=1e-15)
+    # coupled by hand: raw gamma sums to 12 + 3 * 0.5 + 2 * 0.25 + 2 * 0.25 = 14.5 over 12 tokens
+    assert g("coupled", MEAN)[0] == pytest.approx(1.5 * 12 / 14.5)
+    assert g("none", MEAN) == [1.0] * N
+
+
+def test_normalize_gamma_edge_rows():
+    gam = torch.tensor([[2.0, 1.0, 3.0], [1.5, 1.5, 1.0], [0.5, 2.0, 2.0]])
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 1, 1]])
+    out = normalize_gamma(gam, mask)
+    assert out[0].tolist() == pytest.approx([4 / 3, 2 / 3, 1.0])  # outside the mask: 1
+    assert out[1].tolist() == [1.0, 1.0, 1.0]  # no loss token: no credit, nothing to normalise
+    assert out[2].tolist() == pytest.approx([0.5 / 1.5, 2 / 1.5, 2 / 1.5])
+    masked = torch.where(mask.bool(), gam, torch.ones_like(gam))
+    assert torch.equal(normalize_gamma(gam, mask, "none"), masked)
+    negative_mean = torch.tensor([[-1.0, 0.5]])  # only reachable with amp < 1: left as it is
+    assert torch.equal(normalize_gamma(negative_mean), negative_mean)
+
+
+def test_credit_knob_validation():
+    with pytest.raises(AttnRhythmError, match="bad gamma_norm"):
+        CreditConfig(gamma_norm="sum")
+    with pytest.raises(AttnRhythmError, match="bad shape"):
+        CreditConfig(shape="negative")
+    with pytest.raises(AttnRhythmError, match="bad gamma_norm"):
+        normalize_gamma(torch.ones(1, 2), norm="max")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -91,3 +92,34 @@ def test_demo_writes_records_and_report(capsys, tiny_dir, tmp_path):
 def test_demo_out_must_not_be_the_report(capsys, tmp_path):
     code, _, err = run(capsys, "demo", "--out", tmp_path / "x.html")
     assert code != 0 and ".jsonl" in one_error_line(err)
+
+
+def test_summary_drops_columns_that_do_not_vary_and_marks_cut_answers():
+    from attnrhythm.views.demo import summary_table
+
+    right = make_record(96, seed=0, key="a", answer=26, response="so 26", generated=True)
+    wrong = make_record(60, seed=1, key="b", answer=26, response="so 27", generated=True)
+    table, note = summary_table([right, wrong], max_new_tokens=96)
+    headers = [c.header for c in table.columns]
+    assert headers[:4] == ["#", "tokens", "ended", "correct"]  # 96 vs 60 tokens, cut vs done, yes vs no
+    cells = {c.header: list(c._cells) for c in table.columns}
+    assert cells["ended"] == ["cut", "done"] and cells["correct"] == ["yes", "no"]
+    for name in headers[1:]:
+        assert len(set(cells[name])) > 1, name  # every column shown varies between answers
+    same = make_record(96, seed=0, key="c", answer=26, response="so 26", generated=True)
+    table, note = summary_table([right, same], max_new_tokens=200)
+    assert [c.header for c in table.columns] == ["#"]
+    assert note.startswith("same for every answer: tokens 96, ended done, correct yes")
+
+
+def test_piped_output_is_plain_and_readable():
+    records = [
+        make_record(96, seed=s, key=f"demo-{s}-[x]", answer=7, response="7", generated=True) for s in range(2)
+    ]
+    pipe = io.StringIO()
+    show(Console(file=pipe, width=80), records, max_new_tokens=96)  # a file: what a pipe gets
+    out = pipe.getvalue()
+    assert "\x1b[" not in out  # no escape codes in a pipe
+    assert "demo-0-[x]" in out  # brackets in keys survive
+    assert all(len(line) <= 80 for line in out.splitlines())
+    assert "cut" in out and "raise it" in out  # 96 tokens at --max-new-tokens 96

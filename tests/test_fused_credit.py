@@ -146,11 +146,12 @@ def test_trainer_fused_equals_separate(tokenizer, tmp_path, monkeypatch):
 
 
 def test_auto_and_errors(tokenizer, tmp_path):
-    assert make(tokenizer, tmp_path, rhythm_config("coupled")).rhythm_fused is False  # num_iterations 1
-    assert make(tokenizer, tmp_path, rhythm_config("coupled"), num_iterations=2).rhythm_fused is True
+    """The old-logprob path where TRL runs that forward (the loss path otherwise: test_loss_credit.py)."""
+    trainer = make(tokenizer, tmp_path, rhythm_config("coupled"), num_iterations=2)
+    assert trainer.rhythm_fused is True and trainer.rhythm_credit_path == "old-logps"
     assert make(tokenizer, tmp_path, rhythm_config("entropy"), num_iterations=2).rhythm_fused is False
-    with pytest.raises(AttnRhythmError, match="old-logprob forward"):
-        make(tokenizer, tmp_path, rhythm_config("coupled", credit_forward="fused"))
+    separate = rhythm_config("coupled", credit_forward="separate")
+    assert make(tokenizer, tmp_path, separate).rhythm_fused is False
     with pytest.raises(AttnRhythmError, match="entropy"):
         make(tokenizer, tmp_path, rhythm_config("entropy", credit_forward="fused"), num_iterations=2)
     with pytest.raises(AttnRhythmError, match="credit forward"):

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from attnrhythm.attention import capture as cap
 from attnrhythm.attention import fused
+from attnrhythm.attention.reference import dense_reductions, dense_sink_mass
 from attnrhythm.errors import AttnRhythmError
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -84,7 +85,16 @@ def fused_case(draw):
         bands=[(lo, None) for lo in opens] + finite or [(0, None)],
         blocks=draw(st.booleans()),
         prompt=draw(st.integers(0, 8)),  # unweighted rows at the start of each sequence
+        sink_count=draw(st.sampled_from([None, 0, 1, 1, 2, 5])),  # first tokens of each sequence
+        exclude_sinks=draw(st.booleans()),
     )
+
+
+def case_sinks(case):
+    """(B, N) bool sink keys of a drawn case (the first tokens of each live run), or None."""
+    if case["sink_count"] is None:
+        return None
+    return ref.first_live(live_rows(case["segments"], case["n"])[:, 0], case["sink_count"])
 
 
 def run_case(case, route):
@@ -113,6 +123,8 @@ def run_case(case, route):
         blocks=blocks,
         route=route,
         tile_size=5,
+        sinks=case_sinks(case),
+        exclude_sinks=case["sink_count"] is not None and case["exclude_sinks"],
     )
     module = FakeAttention(0, case["group"])
     with cap.capturing(capture), torch.no_grad():
@@ -122,7 +134,7 @@ def run_case(case, route):
 
 def dense_case(case, q, k, mask, weight):
     """The float64 reference of a drawn case: (dist, waad, cols)."""
-    return ref.dense_reductions(
+    return dense_reductions(
         q.float(),
         k.float(),
         mask,
@@ -131,6 +143,8 @@ def dense_case(case, q, k, mask, weight):
         bands=case["bands"],
         row_weight=weight,
         softcap=None,
+        sinks=case_sinks(case),
+        exclude_sinks=case["sink_count"] is not None and case["exclude_sinks"],
     )
 
 
@@ -156,6 +170,12 @@ def test_fused_route_matches_float64_softmax_and_the_tile_route(case):
     for band in case["bands"]:
         torch.testing.assert_close(got.cols[band].double(), cols[band], **TOL)
     assert torch.all(got.dist * ~live == 0)  # padding rows: zero on the fused route
+    sinks = case_sinks(case)
+    if sinks is None:
+        assert got.sink is None
+    else:
+        mass = dense_sink_mass(q, k, mask, sinks, scaling=case["scaling"], softcap=None)
+        torch.testing.assert_close(got.sink.double() * live, mass * live, **TOL)
     # the layer output is SDPA's on every row, padding rows included
     group = case["group"]
     expected = torch.nn.functional.scaled_dot_product_attention(
@@ -175,6 +195,8 @@ def test_fused_route_matches_float64_softmax_and_the_tile_route(case):
     torch.testing.assert_close(got.waad * live, other.waad * live, **TOL)
     for band in case["bands"]:
         torch.testing.assert_close(got.cols[band], other.cols[band], **TOL)
+    if sinks is not None:
+        torch.testing.assert_close(got.sink * live, other.sink * live, **TOL)
     if case["blocks"]:
         for mine, theirs in zip(got.blocks, other.blocks, strict=True):
             torch.testing.assert_close(mine, theirs, **TOL)
@@ -360,6 +382,8 @@ def test_distance_from_columns_matches_float64(case):
         bands=case["bands"],
         row_weight=weight,
         distance="columns",
+        sinks=None if case_sinks(case) is None else fused.sink_prefixes(case_sinks(case), layout),
+        exclude_sinks=capture.exclude_sinks,
     )
     dist, waad, cols = dense_case(case, q, k, mask, weight)
     live = live_rows(case["segments"], case["n"])

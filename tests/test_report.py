@@ -17,6 +17,7 @@ from attnrhythm.views.report import (
     _encode_map,
     _num,
     check_record,
+    index_payload,
     load_records,
     parse_span,
     peaks,
@@ -372,3 +373,17 @@ def test_report_recomputes_maps_with_a_model(tmp_path):
     assert maps["span"] == [4, 20] and maps["source"] == "recomputed with the model"
     q = np.frombuffer(base64.b64decode(maps["local"]), dtype="<u2")
     assert q.size == 16 * 17 // 2 and q.max() == 65535
+
+
+def test_index_says_whether_each_answer_was_correct():
+    from attnrhythm.views.report import record_correct
+
+    right = make_record(30, key="right", answer=26, response="3 x 12 = 36, 36 - 10 = 26. The answer is 26.")
+    wrong = make_record(30, seed=1, key="wrong", answer=26, response="He has 36 apples left.")
+    flagged = make_record(30, seed=2, key="flagged", correct=False, answer=7, response="7")
+    plain = make_record(30, seed=3, key="plain")
+    assert [record_correct(r) for r in (right, wrong, flagged, plain)] == [True, False, False, None]
+    payload = index_payload([right, wrong, flagged, plain], "x.jsonl")
+    columns = {c["key"]: c["label"] for c in payload["columns"]}
+    assert columns["correct"] == "correct" and columns["answer"] == "reference"
+    assert [row.get("correct") for row in payload["rows"]] == ["yes", "no", "no", None]

@@ -160,3 +160,53 @@ def test_index_and_navigation(browser, report, tmp_path):
     assert "window 20:84" in page.locator("#trace").inner_text()
     assert errors == []
     page.close()
+
+
+# Records every fillText that would fall outside its canvas (a clipped title or label).
+CLIP_SPY = """(() => {
+  window.__clippedText = [];
+  const P = CanvasRenderingContext2D.prototype, fill = P.fillText;
+  P.fillText = function (text, x, y, ...rest) {
+    const m = this.getTransform();
+    if (!m.b && !m.c && this.canvas.style.width) {
+      const w = this.measureText(String(text)).width * m.a;
+      const at = m.a * x + m.e;
+      const align = this.textAlign;
+      const shift = align === "right" || align === "end" ? w : align === "center" ? w / 2 : 0;
+      const left = at - shift, right = left + w;
+      if (left < -1 || right > this.canvas.width + 1) window.__clippedText.push(String(text));
+    }
+    return fill.call(this, text, x, y, ...rest);
+  };
+})();"""
+
+
+def test_no_clipped_titles_robust_curve_scale_and_correctness(browser, tmp_path):
+    from test_report import make_record
+
+    spike = make_record(300, key="spike", answer=26, response="3 x 12 = 36 and 36 - 10 = 26, so 26.")
+    spike["metrics"]["fai"][40] = 50 * max(v for v in spike["metrics"]["fai"] if v is not None)
+    records = [spike, make_record(90, seed=4, key="a-rather-long-key-" * 4, answer=7, response="it is 8")]
+    path = write_report(records, tmp_path / "spike.html")
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.add_init_script(CLIP_SPY)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    page.wait_for_function("window.__attnrhythm && window.__attnrhythm.paintedMs !== null")
+    rows = page.locator("table.traces tbody tr")
+    assert "yes" in rows.nth(0).locator("td.c-correct").inner_text()
+    assert "no" in rows.nth(1).locator("td.c-correct").inner_text()
+    assert page.locator("table.traces th", has_text="reference").count() == 1
+    page.goto(path.as_uri() + "#trace-0")
+    page.wait_for_function("document.querySelector('#trace .curves') !== null")
+    # the FAI spike is drawn on the top edge and marked; the rest of the curve keeps its scale
+    assert page.locator("#trace .curves").get_attribute("data-clipped") == "FAI (global): 1"
+    assert "correct" in page.locator("#trace").inner_text()
+    page.goto(path.as_uri() + "#trace-1")
+    page.wait_for_function("location.hash === '#trace-1' && !!document.querySelector('#trace .curves')")
+    assert page.locator("#trace .curves").get_attribute("data-clipped") == ""
+    assert page.evaluate("window.__clippedText") == []
+    page.screenshot(path=str(_shots(tmp_path) / "report-spike.png"), full_page=True)
+    assert errors == []
+    page.close()

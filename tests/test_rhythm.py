@@ -1,4 +1,4 @@
-"""rhythm.py against values computed by hand from METHOD.md sections 1-4."""
+"""rhythm.py against values computed by hand from docs/method.md sections 1-4."""
 
 from __future__ import annotations
 

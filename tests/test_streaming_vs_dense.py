@@ -1,4 +1,4 @@
-"""The streaming capture equals the dense reference (METHOD.md on eager N x N maps).
+"""The streaming capture equals the dense reference (docs/method.md on eager N x N maps).
 
 Three levels:
 
@@ -41,6 +41,7 @@ from transformers import (
 from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput
 from attnrhythm.attention import capture as cap
 from attnrhythm.attention.reductions import tile_reductions
+from attnrhythm.attention.reference import dense_reductions, dense_sink_mass
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.method.rhythm import round_half_up
 
@@ -239,6 +240,34 @@ def test_analyzer_matches_dense_every_architecture(arch, route):
             compare_with_dense(arch, model, config, trace, result, in_hypothesis=False)
 
 
+@pytest.mark.parametrize("route", ["auto", "tile"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_excluded_sinks_match_dense_renormalised_maps(arch, route):
+    """--sinks exclude: spans, classes, WAAD and FAI of A' (renormalised without the first tokens)
+    equal the dense reference that renormalises the eager maps; the sink mass per head is the
+    eager maps' mean mass on the first tokens over the response rows."""
+    model = tiny_model(arch)
+    traces = [TraceInput(_random_ids(n, 10 * n + 1), r0) for n, r0 in [(70, 20), (33, 2), (57, 40)]]
+    for count in (1, 3):
+        config = AnalysisConfig(layers="all", tile_size=7, route=route, sinks="exclude", sink_tokens=count)
+        results = Analyzer(model, config).analyze(traces)
+        for trace, result in zip(traces, results, strict=True):
+            ref = dense_analysis(
+                model, trace.input_ids, trace.response_start, result.layers, exclude_sinks=count
+            )
+            close(result.distance, ref.distance)
+            assert result.heads.local == [(result.layers[li], h) for li, h in ref.local]
+            assert result.heads.global_ == [(result.layers[li], h) for li, h in ref.global_]
+            close(result.waad, ref.waad)
+            close(result.fai, ref.fai, equal_nan=True)
+            maps, _ = dense_maps(model, trace.input_ids)
+            mass = maps[result.layers][:, :, trace.response_start :, :count].sum(-1).mean(-1)
+            close(result.sink_mass, mass)
+            record = result.to_record()
+            assert record["sinks"] == {"mode": "exclude", "tokens": count}
+            assert len(record["heads"]["sink_mass"]) == len(result.layers)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _print_observed_differences():
     """After the module: the largest streaming-vs-dense differences seen (shown with -s)."""
@@ -294,39 +323,9 @@ def test_sliding_window_is_active(arch, window, sliding_layers):
 # stats.tile_reductions against a float64 softmax
 
 
-def dense_reductions(query, key, mask, *, scaling, window, bands, row_weight, softcap):
-    """METHOD.md's per-head vectors from full float64 softmax maps (fully masked rows -> 0)."""
-    q = query.double()
-    k = key.double()
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    n = q.shape[2]
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    scores = q @ k.transpose(-1, -2) * scale
-    if softcap:
-        scores = torch.tanh(scores / softcap) * softcap
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask.double()
-    t = torch.arange(n)
-    gap = (t[:, None] - t[None, :]).double()
-    scores = scores.masked_fill(gap < 0, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    dist = (probs * gap.clamp_min(0)).sum(-1)
-    waad = (probs * gap.clamp(0, window)).sum(-1)
-    cols = {}
-    for lo, hi in bands:
-        inside = (gap >= lo) & ((gap <= hi) if hi is not None else torch.ones_like(gap, dtype=torch.bool))
-        cols[(lo, hi)] = (probs * inside * row_weight.double()[:, None, :, None]).sum(-2)
-    # the contract of stats: columns before a sequence's first weighted row are 0
-    for b in range(q.shape[0]):
-        weighted = torch.nonzero(row_weight[b] > 0).flatten()
-        first = int(weighted[0]) if weighted.numel() else n
-        for values in cols.values():
-            values[b, :, :first] = 0.0
-    return dist, waad, cols
+def first_live(live: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, N) bool: the first ``count`` True positions of each row of ``live`` (the sink keys)."""
+    return live & (live.long().cumsum(-1) <= count)
 
 
 BANDS = [(0, 0), (0, None), (3, None), (1, 4), (10, 50), (5, 5), (0, 100), (60, None)]
@@ -362,7 +361,21 @@ def reduction_case(draw):
         softcap=draw(st.sampled_from([None, None, 4.0])),
         scaling=draw(st.sampled_from([None, 0.3])),
         lengths=draw(st.lists(st.integers(1, n), min_size=bsz, max_size=bsz)),
+        sink_count=draw(st.sampled_from([None, 0, 1, 1, 3])),
+        exclude_sinks=draw(st.booleans()),
     )
+
+
+def live_keys(case) -> torch.Tensor:
+    """(B, N) bool: the live (unpadded) tokens of a drawn case."""
+    bsz, n = case["bsz"], case["n"]
+    pos = torch.arange(n)
+    if case["mask_kind"] == "none":
+        return torch.ones(bsz, n, dtype=torch.bool)
+    lengths = torch.tensor(case["lengths"])
+    if case["mask_kind"] == "left":
+        return pos[None, :] >= (n - lengths)[:, None]
+    return pos[None, :] < lengths[:, None]
 
 
 def build_mask(case) -> torch.Tensor | None:
@@ -407,14 +420,26 @@ def test_tile_reductions_match_float64_softmax(case):
     kwargs = dict(
         scaling=case["scaling"], window=case["window"], bands=case["bands"], softcap=case["softcap"]
     )
-    got = tile_reductions(query, key, mask, row_weight=row_weight, tile_size=case["tile"], **kwargs)
-    dist, waad, cols = dense_reductions(query, key, mask, row_weight=row_weight, **kwargs)
+    sinks = None if case["sink_count"] is None else first_live(live_keys(case), case["sink_count"])
+    exclude = sinks is not None and case["exclude_sinks"]
+    got = tile_reductions(
+        query, key, mask, row_weight=row_weight, tile_size=case["tile"], sinks=sinks, exclude_sinks=exclude,
+        **kwargs,
+    )
+    dist, waad, cols = dense_reductions(
+        query, key, mask, row_weight=row_weight, sinks=sinks, exclude_sinks=exclude, **kwargs
+    )
     assert got.dist.dtype == torch.float32 and got.dist.shape == (bsz, case["n_heads"], n)
     torch.testing.assert_close(got.dist.double(), dist, **TOL)
     torch.testing.assert_close(got.waad.double(), waad, **TOL)
     assert set(got.cols) == set(case["bands"])
     for band in case["bands"]:
         torch.testing.assert_close(got.cols[band].double(), cols[band], **TOL)
+    if sinks is None:
+        assert got.sink is None
+    else:
+        mass = dense_sink_mass(query, key, mask, sinks, scaling=case["scaling"], softcap=case["softcap"])
+        torch.testing.assert_close(got.sink.double(), mass, **TOL)
 
 
 def test_tile_reductions_right_padding_by_hand():

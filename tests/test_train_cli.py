@@ -130,10 +130,33 @@ def test_resume_continues_from_newest_checkpoint(capsys, tiny_dir, tiny_yaml, tm
     assert code != 0 and "larger --steps" in one_error_line(err)
 
 
+def test_heads_refresh_run_saves_and_resumes_its_head_set(capsys, tiny_dir, tiny_yaml, tmp_path):
+    out = tmp_path / "run"
+    args = ("--config", tiny_yaml, "--model", tiny_dir, "--heads", "refresh:1", "--save-steps", "1")
+    code, _, err = run(capsys, "train", *args, "--gamma-norm", "mean", "--out", out)
+    assert code == 0, err
+    records = read_metrics(out)
+    assert [r["rhythm/heads_refreshes"] for r in records] == [0.0, 1.0]
+    assert records[0]["rhythm/gamma_mean"] == pytest.approx(1.0, abs=1e-6)  # gamma_norm mean
+    saved = json.loads((out / "checkpoint-2" / "rhythm_heads.json").read_text())
+    assert saved["refreshes"] == 1 and saved["heads"]["format"] == "attnrhythm-heads"
+    assert json.loads((out / "final" / "rhythm_heads.json").read_text()) == saved
+    settings = TrainSettings.from_yaml(out / "settings.yaml")
+    assert settings.rhythm_config().analysis_config().heads_refresh == 1 and settings.gamma_norm == "mean"
+    code, _, err = run(capsys, "train", "--out", out, "--steps", 3, "--resume")
+    assert code == 0, err
+    last = read_metrics(out)[-1]
+    assert last["step"] == 3 and last["rhythm/heads_refreshes"] == 2.0 and "rhythm/heads_changed" in last
+
+
 def test_yaml_load_override_and_unknown_key(tmp_path, tiny_yaml):
     settings = TrainSettings.from_yaml(tiny_yaml)
     assert settings.task == "countdown" and settings.steps == 2 and settings.num_generations == 2
     assert settings.rhythm_config().fai_horizon == (2, 8)
+    credit = settings.rhythm_config().credit_config()
+    assert (credit.gamma_norm, credit.shape) == ("none", "positive")
+    knobs = settings.replace(gamma_norm="mean", shape="both").rhythm_config().credit_config()
+    assert (knobs.gamma_norm, knobs.shape) == ("mean", "both")
     changed = settings.replace(steps=5, strategy="global", seed=None)
     assert changed.steps == 5 and changed.strategy == "global" and changed.seed == settings.seed
     bad = tmp_path / "bad.yaml"
@@ -275,6 +298,10 @@ def test_train_and_eval_on_a_reasoning_gym_task(capsys, tiny_dir, tmp_path):
         (("train", "--task", "chess"), "unknown task"),
         (("train", "--strategy", "best"), "unknown credit strategy"),
         (("train", "--credit-forward", "both"), "bad credit forward"),
+        (("train", "--gamma-norm", "sum"), "bad gamma_norm"),
+        (("train", "--shape", "negative"), "bad shape"),
+        (("train", "--heads", "refresh:0"), "refresh:K"),
+        (("train", "--heads", "/nonexistent/heads.json"), "does not exist"),
         (("train", "--num-iterations", 0), "num_iterations"),
         (("train", "--steps", 0), "steps"),
         (("train", "--model", "/nonexistent/model-dir", "--steps", 1), "does not exist"),
@@ -291,7 +318,7 @@ def test_bad_input_is_one_line(capsys, tmp_path, args, needle):
 
 
 def test_fused_credit_forward(capsys, tiny_dir, tiny_yaml, tmp_path):
-    """--num-iterations 2: the credit is captured in TRL's old-logprob forward; fused without it: error."""
+    """--num-iterations 2: captured in TRL's old-logprob forward; without it: in the loss forward."""
     base = ("train", "--config", tiny_yaml, "--model", tiny_dir, "--credit-forward", "fused")
     code, _, err = run(capsys, *base, "--num-iterations", "2", "--out", tmp_path / "fused")
     assert code == 0, err
@@ -299,8 +326,13 @@ def test_fused_credit_forward(capsys, tiny_dir, tiny_yaml, tmp_path):
     assert [r["step"] for r in records] == [1]  # a record per rollout batch, which serves 2 steps
     assert records[0]["rhythm/fused"] == 1.0 and records[0]["rhythm/gamma_mean"] > 1.0
     assert TrainSettings.from_yaml(tmp_path / "fused" / "settings.yaml").credit_forward == "fused"
-    code, _, err = run(capsys, *base, "--out", tmp_path / "no-old-logps")
-    assert code != 0 and "old-logprob forward" in one_error_line(err)
+    code, _, err = run(capsys, *base, "--out", tmp_path / "loss")
+    assert code == 0, err
+    records = read_metrics(tmp_path / "loss")
+    assert records and {r["rhythm/fused"] for r in records} == {2.0}
+    entropy = ("--strategy", "entropy", "--num-iterations", "2")
+    code, _, err = run(capsys, *base, *entropy, "--out", tmp_path / "e")
+    assert code != 0 and err.strip().splitlines()[-1].startswith("error: ") and "entropy" in err
 
 
 def test_bad_config_and_resume_without_checkpoint(capsys, tmp_path):

@@ -1,7 +1,8 @@
 """RhythmGRPOTrainer in 2 real processes (torchrun, gloo, CPU): shaping, gathered metrics, checkpoints.
 
 The ranks run tests/distributed_train.py: a separate-credit run of 2 steps with a checkpoint per
-step, that run resumed to step 3, and a fused-credit run (``num_iterations=2``).
+step, that run resumed to step 3, a fused-credit run (``num_iterations=2``), and the loss-forward
+path (``num_iterations=1``, gradient accumulation 2) next to the same run with the separate forward.
 """
 
 from __future__ import annotations
@@ -76,11 +77,23 @@ def test_two_processes_torchrun(embedded_dir, tmp_path):
         fused = [h["rhythm/fused"] for h in got["fused"]["logs"] if "rhythm/fused" in h]
         assert fused == [1.0]
         assert {h["rhythm/fused"] for h in got["separate"]["logs"]} == {0.0}
+        # the loss path: every micro-batch (2 per step, 2 rows each) shaped in its own loss forward
+        assert got["loss"]["path"] == "loss" and got["loss-separate"]["path"] == "separate"
+        assert {h["rhythm/fused"] for h in got["loss"]["logs"]} == {2.0}
+        assert len(got["loss"]["records"]) == 4 and len(got["loss-separate"]["records"]) == 2
+        for before, mask, after in got["loss"]["records"]:
+            plain = before[:, None].expand_as(after)
+            keep = (plain < 0) | ~mask.bool()
+            assert after.shape == mask.shape and torch.equal(after[keep], plain[keep])
+        assert any(not torch.equal(a, b[:, None].expand_as(a)) for b, _, a in got["loss"]["records"])
+        # ... and trains to the same weights as the separate forward (DDP-averaged gradients)
+        for name, value in got["loss-separate"]["params"].items():
+            torch.testing.assert_close(got["loss"]["params"][name], value, rtol=0, atol=0, msg=name)
 
     # each rank shaped its own slice of the batch
     assert not torch.equal(ranks[0]["separate"]["records"][0][2], ranks[1]["separate"]["records"][0][2])
     # the rhythm/* metrics are gathered: the same on both ranks
-    for name in ("separate", "resumed", "fused"):
+    for name in ("separate", "resumed", "fused", "loss"):
         logs = [got[name]["logs"] for got in ranks]
         assert logs[0] == logs[1] and any("rhythm/gamma_mean" in h for h in logs[0])
     # rank 0 alone writes the model (transformers' should_save; each rank writes its rng_state_<rank>.pth)

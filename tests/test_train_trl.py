@@ -6,6 +6,7 @@ tokenizer; the toy reward (share of lowercase letters) keeps advantages non-zero
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import replace
 
@@ -19,9 +20,11 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from attnrhythm.analyze import Analyzer, TraceInput  # noqa: E402
+from attnrhythm.config import parse_heads  # noqa: E402
 from attnrhythm.errors import AttnRhythmError  # noqa: E402
 from attnrhythm.method.credit import gamma  # noqa: E402
 from attnrhythm.rollout.credit import sequence_seed  # noqa: E402
+from attnrhythm.rollout.heads import head_set_change  # noqa: E402
 from attnrhythm.tasks import get_task  # noqa: E402
 from attnrhythm.train import RhythmCreditConfig, RhythmGRPOTrainer, task_reward_func  # noqa: E402
 
@@ -252,7 +255,12 @@ def test_two_step_run_logs_and_shapes(tokenizer, tmp_path, monkeypatch, strategy
     if strategy == "none":  # plain GRPO: no credit forward at all
         assert trainer._rhythm_analyzer is None
         monkeypatch.setattr(Analyzer, "analyze", lambda self, traces: pytest.fail("credit forward ran"))
-    shaped = trainer._generate_and_score_completions([])["advantages"]
+    out = trainer._generate_and_score_completions([])
+    if trainer.rhythm_credit_path == "loss":  # num_iterations 1: shaped in the loss forward
+        assert out["advantages"].dim() == 1
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.compute_loss(trainer.model, out)
+    shaped = out["advantages"]
     if strategy == "none":
         assert torch.equal(shaped, batch["advantages"])
     else:
@@ -261,6 +269,41 @@ def test_two_step_run_logs_and_shapes(tokenizer, tmp_path, monkeypatch, strategy
         assert torch.equal(shaped[3], batch["advantages"][3].expand(shaped.shape[1]))  # masked row
         assert torch.equal(shaped[4, 3:6], batch["advantages"][4].expand(3))  # tool span
         assert (shaped[0] > batch["advantages"][0]).any()
+
+
+def test_gamma_norm_and_shape_in_the_hook(tokenizer, tmp_path, monkeypatch):
+    """gamma_norm=mean, shape=both: each row's mass over its loss tokens is kept, both signs shaped.
+
+    The stubbed batch's loss mask (completion x tool mask) is narrower than the analysed response on
+    row 4, so the gamma of the analysis is renormalised over the loss tokens there.
+    """
+    batch = stub_batch(tokenizer)
+    monkeypatch.setattr(
+        GRPOTrainer,
+        "_generate_and_score_completions",
+        lambda self, inputs: {k: v.clone() for k, v in batch.items()},
+    )
+    loss = (batch["completion_mask"] * batch["tool_mask"]).bool()
+    adv = batch["advantages"][:, None].expand(loss.shape)
+    shaped = {}
+    for norm, shape in (("none", "positive"), ("mean", "positive"), ("mean", "both"), ("none", "both")):
+        rhythm = rhythm_config("coupled", gamma_norm=norm, shape=shape, credit_forward="separate")
+        trainer = make_trainer(tokenizer, tmp_path / f"{norm}-{shape}", rhythm)
+        out = trainer._generate_and_score_completions([])["advantages"]
+        shaped[norm, shape] = out
+        assert torch.equal(out[~loss], adv[~loss])  # outside the loss mask: A as it was
+        if norm == "mean":
+            for b in range(out.shape[0]):  # mass preserved, for either sign
+                torch.testing.assert_close(out[b][loss[b]].sum(), adv[b][loss[b]].sum(), rtol=1e-6, atol=1e-6)
+    plain = shaped["none", "positive"]
+    assert torch.equal(plain[1], adv[1])  # the paper's rule: A < 0 untouched
+    assert not torch.equal(shaped["none", "both"][1][loss[1]], adv[1][loss[1]])  # both: shaped too
+    gam = plain[0] / adv[0]  # row 0: A > 0, every token in the loss
+    torch.testing.assert_close(shaped["mean", "positive"][0], adv[0] * gam / gam.mean(), rtol=1e-6, atol=0)
+    # row 1 (A < 0) under both: the same gamma pattern as a positive row would get, negative
+    neg = shaped["mean", "both"][1][loss[1]] / adv[1][loss[1]]
+    torch.testing.assert_close(neg.mean(), torch.tensor(1.0), rtol=1e-6, atol=1e-6)
+    assert (neg > 1).any() and (neg < 1).any()
 
 
 def test_accumulation_and_reuse_split_token_advantages(tokenizer, tmp_path):
@@ -296,6 +339,60 @@ def test_checkpoint_and_resume(tokenizer, tmp_path):
     assert last[-1]["step"] == 3
     assert all(key in last[-1] for key in RHYTHM_KEYS + ROLE_KEYS)
     assert (tmp_path / "checkpoint-3").is_dir()
+
+
+def test_heads_refresh_logs_saves_and_resumes(tokenizer, tmp_path):
+    """heads refresh:1: per-sequence classes at step 0, then the corpus set of the previous step's
+    rollouts (headsets.corpus_heads); saved with each checkpoint; a resumed run uses the same set."""
+    rhythm = rhythm_config("coupled", heads="refresh:1", layers="0,1")
+    first = make_trainer(tokenizer, tmp_path, rhythm, save_strategy="steps", save_steps=1)
+    assert first.head_refresh is not None and first.head_refresh.heads is None
+    first.train()
+    refresh = first.head_refresh
+    assert refresh.refreshes == 1 and refresh.refreshed_at == 1  # derived before step 1's batch
+    assert len(refresh.spans) == 4  # step 1's rollouts, for the next refresh
+    logged = [h for h in first.state.log_history if "loss" in h]
+    assert [h["rhythm/heads_refreshes"] for h in logged] == [0.0, 1.0]
+    assert logged[1]["rhythm/heads_traces"] == 4.0 and "rhythm/heads_changed" not in logged[1]
+    # the set in use is the corpus rule on the spans of step 0's rollouts, and the analysis uses it
+    layers, classes = refresh.classes()
+    assert layers == [0, 1] and len(classes.local) == len(classes.global_) == 2  # round(0.3 * 8)
+    assert first._rhythm_analysis_config().heads == classes
+    saved = json.loads((tmp_path / "checkpoint-2" / "rhythm_heads.json").read_text())
+    assert saved["heads"] == refresh.heads and saved["spans"] == refresh.spans
+    assert json.loads((tmp_path / "checkpoint-1" / "rhythm_heads.json").read_text())["refreshes"] == 0
+
+    resumed = make_trainer(tokenizer, tmp_path, rhythm, save_strategy="steps", save_steps=1, max_steps=3)
+    seen = []
+    refresh_heads = resumed._refresh_heads
+
+    def spy():
+        seen.append(resumed.head_refresh.heads)
+        refresh_heads()
+
+    resumed._refresh_heads = spy
+    resumed.train(resume_from_checkpoint=True)
+    assert seen[0] == refresh.heads  # before step 2's refresh: the checkpoint's head set and spans
+    assert resumed.head_refresh.refreshes == 2 and resumed.head_refresh.refreshed_at == 2
+    last = [h for h in resumed.state.log_history if "loss" in h][-1]
+    assert last["step"] == 3 and last["rhythm/heads_refreshes"] == 2.0
+    for key in ("rhythm/heads_local_jaccard", "rhythm/heads_global_jaccard"):
+        assert 0.0 <= last[key] <= 1.0
+    change = head_set_change(refresh.heads, resumed.head_refresh.heads)
+    assert last["rhythm/heads_changed"] == change["changed"]
+
+
+def test_head_set_change_and_heads_option():
+    old = {"local": [[0, 0], [0, 1]], "global": [[1, 2], [1, 3]]}
+    new = {"local": [[0, 0], [1, 2]], "global": [[1, 3], [0, 3]]}
+    # [0,1] local -> none, [1,2] global -> local, [0,3] none -> global
+    assert head_set_change(old, new) == {"local_jaccard": 1 / 3, "global_jaccard": 1 / 3, "changed": 3.0}
+    assert head_set_change(old, old)["changed"] == 0.0
+    assert parse_heads(None).mode == parse_heads("sequence").mode == "sequence"
+    assert parse_heads("refresh:20").every == 20 and parse_heads("h.json").path == "h.json"
+    for bad in ("refresh:0", "refresh:x", "refresh"):
+        with pytest.raises(AttnRhythmError, match="refresh:K"):
+            RhythmCreditConfig(heads=bad)
 
 
 def test_streaming_attention_keeps_generation_and_loss(tokenizer):
@@ -339,6 +436,11 @@ def test_config_validation():
         RhythmCreditConfig(selection="middle")
     with pytest.raises(AttnRhythmError, match="horizon"):
         RhythmCreditConfig(fai_horizon="9:3")
+    with pytest.raises(AttnRhythmError, match="gamma_norm"):
+        RhythmCreditConfig(gamma_norm="sum")
+    with pytest.raises(AttnRhythmError, match="shape"):
+        RhythmCreditConfig(shape="negative")
+    assert RhythmCreditConfig(gamma_norm="mean", shape="both").credit_config().shape == "both"
     config = RhythmCreditConfig(strategy="global", fai_horizon="4:end", amp=2.0, layers="0,1")
     assert config.fai_horizon == (4, None)
     assert config.credit_config().amp == 2.0 and config.analysis_config().layers == "0,1"

@@ -23,7 +23,7 @@ from attnrhythm.integrations.verl.layout import (  # noqa: E402
     response_layout,
 )
 from attnrhythm.integrations.verl.trainer import rhythm_metrics, shape_verl_advantages  # noqa: E402
-from attnrhythm.method.credit import shape_advantages  # noqa: E402
+from attnrhythm.method.credit import CreditConfig, shape_advantages  # noqa: E402
 
 
 def rows(lengths: list[tuple[int, int]], seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -135,9 +135,20 @@ def test_shaping_nested_equals_padded_equals_method(lengths, seed):
     assert nested.is_nested
     for b, length in enumerate(lengths):
         torch.testing.assert_close(nested.unbind()[b], padded[b, :length], rtol=0, atol=0)
-    # METHOD.md: gamma only where A >= 0 and inside the mask
+    # docs/method.md: gamma only where A >= 0 and inside the mask
     expected = torch.where((advantages >= 0) & mask.bool(), advantages * gamma, advantages)
     torch.testing.assert_close(padded, expected, rtol=0, atol=0)
+    # gamma_norm / shape: per row on the nested layout as on the padded one
+    for credit in (CreditConfig(gamma_norm="mean"), CreditConfig(shape="both", gamma_norm="mean")):
+        dense = shape_verl_advantages(advantages, gamma, mask, credit)
+        torch.testing.assert_close(dense, shape_advantages(advantages, gamma, mask, credit), rtol=0, atol=0)
+        jagged = shape_verl_advantages(
+            padded_to_nested(advantages, n), padded_to_nested(gamma, n), padded_to_nested(mask, n), credit
+        )
+        for b, length in enumerate(lengths):
+            torch.testing.assert_close(jagged.unbind()[b], dense[b, :length], rtol=1e-6, atol=1e-7)
+            loss = mask[b].bool()
+            torch.testing.assert_close(dense[b][loss].sum(), advantages[b][loss].sum(), rtol=1e-5, atol=1e-5)
 
 
 def test_shaping_refuses_mismatched_layouts():

@@ -163,7 +163,7 @@ def reference(model_path: Path, step: dict):
 
     from attnrhythm.analyze import Analyzer
     from attnrhythm.rollout.credit import rollout_gamma
-    from attnrhythm.train.config import RhythmCreditConfig
+    from attnrhythm.rollout.config import RhythmCreditConfig
 
     settings = RhythmCreditConfig(**SETTINGS)
     plain = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa").eval()

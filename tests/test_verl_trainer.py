@@ -70,7 +70,7 @@ def test_settings_come_from_the_modes_section():
     )
     settings = rhythm_settings(config)
     assert (settings.strategy, settings.q, settings.fai_horizon) == ("global", 0.3, (5, None))
-    assert rhythm_settings(verl_config()).strategy == "coupled"  # defaults: METHOD.md's rhythm credit
+    assert rhythm_settings(verl_config()).strategy == "coupled"  # defaults: docs/method.md's rhythm credit
 
 
 def test_bad_settings_fail_in_one_line():
@@ -79,6 +79,18 @@ def test_bad_settings_fail_in_one_line():
     assert "\n" not in str(err.value)
     with pytest.raises(AttnRhythmError, match="unknown credit strategy"):
         rhythm_settings(verl_config(f"+trainer.v1.{MODE}.strategy=louder"))
+    with pytest.raises(AttnRhythmError, match="TRL trainer only") as err:
+        rhythm_settings(verl_config(f"+trainer.v1.{MODE}.heads=refresh:20"))
+    assert "\n" not in str(err.value)
+
+
+def test_credit_mass_and_sign_settings():
+    settings = rhythm_settings(
+        verl_config(f"+trainer.v1.{MODE}.gamma_norm=mean", f"+trainer.v1.{MODE}.shape=both")
+    )
+    assert (settings.credit_config().gamma_norm, settings.credit_config().shape) == ("mean", "both")
+    with pytest.raises(AttnRhythmError, match="bad shape"):
+        rhythm_settings(verl_config(f"+trainer.v1.{MODE}.shape=negative"))
 
 
 @pytest.mark.parametrize("use_kl_loss", [False, True])

@@ -1,5 +1,5 @@
 """attnrhythm: the preplan-and-anchor rhythm of a causal LM, read from its attention in one
-streaming pass, and attention-derived token credit for RL (see METHOD.md).
+streaming pass, and attention-derived token credit for RL (see docs/method.md).
 
 Python API (mirrors the CLI)::
 
@@ -12,16 +12,44 @@ Python API (mirrors the CLI)::
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput, TraceResult, load_heads_file
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.generate import generate, make_trace
-from attnrhythm.method.credit import STRATEGIES, CreditConfig, gamma, shape_advantages
-from attnrhythm.records import read_inputs, read_records
-from attnrhythm.runner import GenerationConfig, analyze_items
+from attnrhythm.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from attnrhythm.analyze import TraceResult
+    from attnrhythm.config import AnalysisConfig
+
+# The public API, imported on first use (PEP 562): ``import attnrhythm.cli`` builds the command
+# line's help without loading torch.
+_EXPORTS = {
+    "AnalysisConfig": "attnrhythm.config",
+    "Analyzer": "attnrhythm.analyze",
+    "TraceInput": "attnrhythm.analyze",
+    "TraceResult": "attnrhythm.analyze",
+    "load_heads_file": "attnrhythm.analyze",
+    "generate": "attnrhythm.generate",
+    "make_trace": "attnrhythm.generate",
+    "STRATEGIES": "attnrhythm.method.config",
+    "CreditConfig": "attnrhythm.method.config",
+    "gamma": "attnrhythm.method.credit",
+    "shape_advantages": "attnrhythm.method.credit",
+    "read_inputs": "attnrhythm.records",
+    "read_records": "attnrhythm.records",
+    "GenerationConfig": "attnrhythm.runner",
+    "analyze_items": "attnrhythm.runner",
+}
+
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+
 
 __version__ = "0.1.0"
+
+if "IPython" in sys.modules:  # a notebook: TraceResult displays itself with the report view
+    import attnrhythm.views.report  # noqa: F401,E402
 
 
 def load_model(spec: str = "embedded", **kwargs: Any):
@@ -41,6 +69,9 @@ def analyze_text(
     chat: bool = True,
 ) -> TraceResult:
     """Analyse one prompt/response pair (the API twin of ``attnrhythm analyze --prompt --response``)."""
+    from attnrhythm.analyze import Analyzer
+    from attnrhythm.generate import make_trace
+
     trace = make_trace(tokenizer, prompt, response, chat=chat, meta={"prompt": prompt, "response": response})
     result = Analyzer(model, config).analyze([trace])[0]
     result.tokenizer = tokenizer  # tokens in to_record() and the notebook view

@@ -3,7 +3,7 @@
 The pipeline: left-pad a batch of (prompt + response) token ids, run the decoder once with
 the ``attnrhythm`` attention implementation capturing the analysed layers, apply the LM head
 in chunks over the response only (entropy and token log-probs), then turn each sequence's
-reductions into METHOD.md's metrics, roles and gamma with the pure functions of
+reductions into docs/method.md's metrics, roles and gamma with the pure functions of
 :mod:`rhythm` and :mod:`credit`.
 """
 
@@ -16,10 +16,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from attnrhythm import display, spans
 from attnrhythm.attention import capture as cap
+from attnrhythm.attention.model_config import config_int
 from attnrhythm.attention.sharding import full_parameters
+from attnrhythm.config import AnalysisConfig
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.method.credit import STRATEGIES, CreditConfig, gamma
+from attnrhythm.headsets import read_heads_file
+from attnrhythm.method.credit import STRATEGIES, gamma
 from attnrhythm.method.rhythm import (
     HeadClasses,
     classify_heads,
@@ -28,45 +32,19 @@ from attnrhythm.method.rhythm import (
     fai,
     find_roles,
     head_distance,
-    parse_horizon,
     parse_layers,
     receiver_heads,
     round_half_up,
     waad,
 )
-from attnrhythm.schema import SCHEMA_VERSION, parse_span, record_float, record_floats
+from attnrhythm.padding import left_pad
+from attnrhythm.schema import SCHEMA_VERSION, record_float, record_floats
 
 
-@dataclass
-class AnalysisConfig:
-    """Every parameter of METHOD.md, plus engineering knobs (tile size, chunking)."""
-
-    layers: str | list[int] = "mid5"
-    window: int = 10
-    fai_horizon: str | tuple[int, int | None] = (10, 50)
-    head_quantile: float = 0.3
-    heads: HeadClasses | None = None  # a fixed head set in analysed-layer positions (None: per sequence)
-    heads_layers: list[int] | None = None  # absolute layers of a fixed head set
-    credit: CreditConfig = field(default_factory=CreditConfig)
-    tile_size: int | None = None
-    logits_chunk: int = 256  # LM-head rows per chunk: (256 x vocab) fp32 blocks are mmapped and freed at once
-    save_maps: str | tuple[int, int] | None = None  # response-relative START:END of kept map blocks
-    proximity: int = 4  # receiver heads: column scores count attention from >= proximity tokens later
-    receiver_count: int | None = None  # receiver heads kept (None: as many as global heads; 0: off)
-    route: str | None = None  # attention route: auto, fused or tile (None: $ATTNRHYTHM_ROUTE or auto)
-
-    def __post_init__(self) -> None:
-        self.fai_horizon = parse_horizon(self.fai_horizon)
-        if self.save_maps is not None:
-            self.save_maps = parse_span(self.save_maps)
-        if self.window < 1:
-            raise AttnRhythmError(f"bad --window {self.window}: the WAAD window must be >= 1")
-        if self.proximity < 1:
-            raise AttnRhythmError(f"bad --proximity {self.proximity}: it must be >= 1")
-        if self.route is not None and self.route not in cap.ROUTES:
-            raise AttnRhythmError(f"bad route {self.route!r}: use one of {', '.join(cap.ROUTES)}")
-        if self.tile_size is not None and self.tile_size < 1:
-            raise AttnRhythmError(f"bad --tile-size {self.tile_size}: it must be >= 1")
+def sink_positions(live: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, N) bool: the first ``count`` live positions of each row of ``live`` (B, N) (the sink keys)."""
+    live = live.bool()
+    return live & (live.long().cumsum(-1) <= count)
 
 
 @dataclass
@@ -96,32 +74,26 @@ class TraceInput:
 
 
 def clip_span(span: tuple[int, int], n_response: int) -> tuple[int, int]:
-    """Clip a span to a response of ``n_response`` tokens; error if it starts past the end."""
-    start, end = span
-    if start >= n_response - 1:
+    """:func:`attnrhythm.spans.clip_span`, an error when the span starts past the response."""
+    clipped = spans.clip_span(span, n_response)
+    if clipped is None:
+        start, end = span
         raise AttnRhythmError(
             f"span {start}:{end} is outside the response ({n_response} tokens): pick START < {n_response - 1}"
         )
-    return start, min(end, n_response)
+    return clipped
 
 
 def load_heads_file(path: str | Path) -> tuple[list[int], HeadClasses]:
-    """Read a fixed head set (see :func:`attnrhythm.headsets.read_heads_file`).
+    """Read a fixed head set (:func:`attnrhythm.headsets.read_heads_file`).
 
     Returns (absolute layers to analyse, classes with absolute layer indices).
     """
-    from attnrhythm.headsets import read_heads_file
-
     return read_heads_file(path)
 
 
 def context_length(model: PreTrainedModel) -> int | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return config_int(model, "max_position_embeddings", "n_positions", "n_ctx")
 
 
 @dataclass
@@ -145,16 +117,19 @@ class TraceResult:
     maps: dict[str, Any] | None = None  # {"span": [s, e], "local": SxS, "global": SxS} (tensors)
     receivers: list[tuple[int, int]] = field(default_factory=list)  # receiver heads (absolute layer)
     fai_receiver: torch.Tensor | None = None  # FAI over receiver heads
+    sink_mass: torch.Tensor | None = None  # (L, H) mean attention mass on the sinks over response rows
     tokenizer: Any = field(default=None, repr=False, compare=False)  # for tokens in to_record / notebooks
 
-    def _repr_html_(self) -> str:
-        """Jupyter: this trace's self-contained report inline (:class:`~attnrhythm.views.report.Report`)."""
-        from attnrhythm.views.report import Report
+    def _repr_html_(self) -> str | None:
+        """Jupyter: this trace's self-contained report inline.
 
-        return Report([self])._repr_html_()
+        The view is :class:`attnrhythm.views.report.Report`, registered in :mod:`attnrhythm.display`
+        when it is imported (``import attnrhythm`` does so inside IPython).
+        """
+        return display.render("trace", self)
 
     def to_record(self, tokenizer: Any = None) -> dict[str, Any]:
-        """The JSON record documented in the README (schema_version 1)."""
+        """The JSON record documented in docs/records.md (schema_version 1)."""
         lo, hi = self.config.fai_horizon  # type: ignore[misc]
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         tokens = [tokenizer.decode([i]) for i in self.input_ids] if tokenizer is not None else None
@@ -196,6 +171,9 @@ class TraceResult:
             record["heads"]["receiver"] = [list(h) for h in self.receivers]
             record["heads"]["proximity"] = self.config.proximity
             record["metrics"]["fai_receiver"] = _floats(self.fai_receiver)
+        record["sinks"] = {"mode": self.config.sinks, "tokens": self.config.sink_tokens}
+        if self.sink_mass is not None:
+            record["heads"]["sink_mass"] = [record_floats(row) for row in self.sink_mass.tolist()]
         if self.maps is not None:
             record["maps"] = maps_to_json(self.maps)
         return record
@@ -226,6 +204,11 @@ class Analyzer:
     """
 
     def __init__(self, model: PreTrainedModel, config: AnalysisConfig | None = None) -> None:
+        if config is not None and config.heads_refresh:
+            raise AttnRhythmError(
+                f"heads refresh:{config.heads_refresh} is a training setting (attnrhythm train): analyse "
+                "with per-sequence heads or a head set file"
+            )
         self.model = cap.use_streaming_attention(model)
         self.config = config or AnalysisConfig()
         self.n_layers = cap.num_layers(model)
@@ -267,18 +250,12 @@ class Analyzer:
     def _analyze(self, traces: list[TraceInput]) -> list[TraceResult]:
         model = self.model
         device = next(model.parameters()).device
-        length = max(len(t.input_ids) for t in traces)
-        pad_id = _pad_id(model)
         bsz = len(traces)
-        ids = torch.full((bsz, length), pad_id, dtype=torch.long)
-        mask = torch.zeros(bsz, length, dtype=torch.long)
+        ids, mask, position_ids = left_pad([t.input_ids for t in traces], _pad_id(model))
+        length = ids.shape[1]
         row_weight = torch.zeros(bsz, length)
         for b, t in enumerate(traces):
-            pad = length - len(t.input_ids)
-            ids[b, pad:] = torch.tensor(t.input_ids)
-            mask[b, pad:] = 1
-            row_weight[b, pad + t.response_start :] = 1.0
-        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+            row_weight[b, length - len(t.input_ids) + t.response_start :] = 1.0
         ids, mask, position_ids = ids.to(device), mask.to(device), position_ids.to(device)
 
         spans: list[tuple[int, int] | None] | None = None
@@ -288,7 +265,7 @@ class Analyzer:
                 s0, s1 = clip_span(self.config.save_maps, len(t.input_ids) - t.response_start)
                 offset = length - len(t.input_ids) + t.response_start
                 spans.append((offset + s0, offset + s1))
-        capture = self.new_capture(row_weight.to(device), blocks=spans)
+        capture = self.new_capture(row_weight.to(device), blocks=spans, live=mask)
         was_training = model.training
         model.eval()
         try:
@@ -316,14 +293,23 @@ class Analyzer:
         return bands  # type: ignore[return-value]
 
     def new_capture(
-        self, row_weight: torch.Tensor, blocks: list[tuple[int, int] | None] | None = None
+        self,
+        row_weight: torch.Tensor,
+        blocks: list[tuple[int, int] | None] | None = None,
+        live: torch.Tensor | None = None,
     ) -> cap.Capture:
         """A :class:`~attnrhythm.attention.capture.Capture` of this analysis for a (B, N) padded batch.
 
         ``row_weight`` is 1 on the response rows of each sequence (the rows whose attention the
         column reductions sum), 0 elsewhere. Activate it with :func:`~attnrhythm.attention.capture.capturing`
         around any forward of this model over that batch, then call :meth:`results_from_capture`.
+        ``live`` (B, N), the attention mask of the batch, locates the sinks (the first
+        ``sink_tokens`` live tokens of each row): without it no sink mass is measured, and
+        ``sinks="exclude"`` is an error.
         """
+        sinks = None if live is None else sink_positions(live.to(row_weight.device), self.config.sink_tokens)
+        if sinks is None and self.config.sinks == "exclude":
+            raise AttnRhythmError("sinks='exclude' needs the batch's attention mask: pass live=mask")
         return cap.Capture(
             layers=self.layers,
             window=self.config.window,
@@ -332,6 +318,8 @@ class Analyzer:
             tile_size=self.config.tile_size,
             blocks=blocks,
             route=self.config.route or cap.default_route(),
+            sinks=sinks,
+            exclude_sinks=self.config.sinks == "exclude",
         )
 
     def results_from_capture(
@@ -426,6 +414,11 @@ class Analyzer:
             [capture.results[layer].cols[horizon][b, :, r0:r1] for layer in self.layers]
         ).cpu()
         distance = head_distance(span, r1 - r0)
+        sink_mass = None
+        if capture.results[self.layers[0]].sink is not None:
+            sink_mass = torch.stack(
+                [capture.results[layer].sink[b, :, r0:r1].double().mean(-1) for layer in self.layers]
+            ).cpu()
         receivers: list[tuple[int, int]] = []
         fai_receiver = None
         if cfg.receiver_count != 0:
@@ -494,6 +487,7 @@ class Analyzer:
             maps=maps,
             receivers=[(self.layers[li], h) for li, h in receivers],
             fai_receiver=fai_receiver,
+            sink_mass=sink_mass,
         )
 
 
@@ -524,12 +518,7 @@ def compute_maps(
 
 
 def _num_heads(model: PreTrainedModel) -> int | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for name in ("num_attention_heads", "n_head"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return config_int(model, "num_attention_heads", "n_head")
 
 
 def _pad_id(model: PreTrainedModel) -> int:

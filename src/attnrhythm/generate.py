@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 
 from attnrhythm.analyze import TraceInput
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.padding import left_pad
 
 
 def prompt_ids(tokenizer: Any, prompt: str, *, chat: bool = True) -> list[int]:
@@ -63,12 +64,7 @@ def generate(
         raise AttnRhythmError(f"bad --temperature {temperature}: it must be >= 0")
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    length = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, p in enumerate(prompts):
-        ids[b, length - len(p) :] = torch.tensor(p)
-        mask[b, length - len(p) :] = 1
+    ids, mask, _ = left_pad(prompts, pad_id)
     torch.manual_seed(seed)
     kwargs: dict[str, Any] = {
         "do_sample": temperature > 0,
@@ -80,7 +76,7 @@ def generate(
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
     stops = _stop_ids(model, tokenizer)
     responses = []
-    for row in out[:, length:].tolist():
+    for row in out[:, ids.shape[1] :].tolist():
         cut = len(row)
         for i, tok in enumerate(row):
             if tok in stops:

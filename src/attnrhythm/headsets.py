@@ -1,9 +1,9 @@
 """Fixed head sets: the ``--heads`` file, and corpus head sets derived from many records.
 
-METHOD.md section 2 classifies heads per sequence by default. A *corpus* head set applies the
+docs/method.md section 2 classifies heads per sequence by default. A *corpus* head set applies the
 same rule once, to the span d[l,h] averaged over a corpus of traces (``attnrhythm heads``), and
 records per head how often the per-sequence rule agreed (its stability). The file it writes
-(schema below, also in the README) is read back by ``--heads`` in analyze, train and the studies.
+(schema below, also in docs/heads.md) is read back by ``--heads`` in analyze, train and the studies.
 
 ``heads.json`` (``"format": "attnrhythm-heads"``, ``"version": 1``)::
 
@@ -13,7 +13,7 @@ records per head how often the per-sequence rule agreed (its stability). The fil
     traces          int                records averaged
     distance        float[][]          corpus mean span d[l,h] (mean over traces, each trace weight 1)
     distance_std    float[][]          standard deviation of d[l,h] over the traces
-    local, global   [layer, head][]    classes of the corpus mean (the rule of METHOD.md section 2)
+    local, global   [layer, head][]    classes of the corpus mean (the rule of docs/method.md section 2)
     stability       {local, global: float[][], receiver: float[][] (when the records have them)}
                     share of traces whose own per-sequence class (the same rule on that trace's
                     d[l,h]) puts the head in H_loc / H_glob / among the receiver heads
@@ -35,6 +35,7 @@ import torch
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.method.rhythm import HeadClasses, classify_heads
+from attnrhythm.records import check_file_target, write_text_atomic
 from attnrhythm.schema import record_floats
 
 FORMAT = "attnrhythm-heads"
@@ -273,17 +274,10 @@ def check_corpus_heads(data: Any, where: str = "head set") -> None:
 
 def write_heads_file(data: dict[str, Any], out: str | Path) -> Path:
     """Write a head set as JSON atomically: one line per matrix row and per [layer, head] pair."""
-    import os
     import re
 
-    out = Path(out)
-    if out.is_dir():
-        raise AttnRhythmError(f"--out {out} is a directory: give a file name like heads.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    out = check_file_target(out, "heads.json")
     text = json.dumps(data, indent=1, ensure_ascii=False)
     # innermost lists (numbers only) on one line each
     text = re.sub(r"\[([^\[\]{}\"]*)\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(out, text + "\n")

@@ -339,6 +339,13 @@ def _load_pretrained(
     return model, tokenizer
 
 
+def resolve_device(device: str | torch.device) -> str | torch.device:
+    """``auto`` -> ``cuda`` when a CUDA GPU is available, else ``cpu``; any other device as given."""
+    if str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_model(
     spec: str = EMBEDDED_SPEC,
     *,
@@ -347,7 +354,8 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the causal LM and tokenizer that ``spec`` names (see the module docstring).
 
-    The model comes back in eval mode, in ``dtype``, on ``device``, with SDPA attention; the tokenizer
+    The model comes back in eval mode, in ``dtype``, on ``device`` (``auto``: CUDA when available),
+    with SDPA attention; the tokenizer
     pads on the left and has a pad token (the EOS token when it had none). Raises
     :class:`AttnRhythmError` with a one-line message when the spec cannot be loaded.
     """
@@ -372,6 +380,7 @@ def load_model(
         else:
             fix = f"download it again with `huggingface-cli download {spec}` or pass a local path"
         raise AttnRhythmError(f"cannot load model '{spec}' ({_first_line(exc)}): {fix}") from exc
+    device = resolve_device(device)
     try:
         model = model.to(device)
     except Exception as exc:

@@ -7,33 +7,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from attnrhythm.errors import AttnRhythmError
+from attnrhythm.spans import MAX_MAP_SPAN, parse_span
+
+__all__ = ["MAX_MAP_SPAN", "SCHEMA_VERSION", "empty_metrics", "parse_span", "record_float", "record_floats"]
 
 SCHEMA_VERSION = 1
-MAX_MAP_SPAN = 512
-
-
-def parse_span(spec: str | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """``START:END`` or (start, end) (response-relative, END exclusive, at most 512 tokens)."""
-    if isinstance(spec, str):
-        try:
-            a, b = spec.split(":")
-            start, end = int(a), int(b)
-        except ValueError:
-            raise AttnRhythmError(f"bad span {spec!r}: write START:END with integers, e.g. 0:128") from None
-    else:
-        try:
-            start, end = (int(x) for x in spec)
-        except (TypeError, ValueError):
-            raise AttnRhythmError(f"bad span {spec!r}: give (start, end) integers, e.g. (0, 128)") from None
-    if start < 0 or end <= start:
-        raise AttnRhythmError(f"bad span {start}:{end}: need 0 <= START < END")
-    if end - start > MAX_MAP_SPAN:
-        raise AttnRhythmError(
-            f"span {start}:{end} has {end - start} tokens: at most {MAX_MAP_SPAN} are allowed "
-            f"(e.g. {start}:{start + MAX_MAP_SPAN})"
-        )
-    return start, end
 
 
 def record_floats(values: Iterable[float | None]) -> list[float | None]:
@@ -54,3 +32,31 @@ def record_floats(values: Iterable[float | None]) -> list[float | None]:
 def record_float(value: float | None) -> float | None:
     """One float as :func:`record_floats` writes it."""
     return record_floats([value])[0]
+
+
+def empty_metrics(records: Iterable[dict], fai_horizon: tuple[int, int | None] | None = None) -> list[str]:
+    """One line per metric that is null for every token of every record (with how to fix it)."""
+    seen = 0
+    defined: dict[str, bool] = {}
+    longest = 0
+    for record in records:
+        seen += 1
+        metrics = record.get("metrics") or {}
+        longest = max(longest, len(metrics.get("waad") or []))
+        for name, values in metrics.items():
+            defined[name] = defined.get(name, False) or any(v is not None for v in values or [])
+    if not seen:
+        return []
+    out = []
+    if defined.get("fai") is False:
+        lo, hi = fai_horizon if fai_horizon is not None else (None, None)
+        where = f"the FAI horizon {lo}:{'end' if hi is None else hi}" if lo is not None else "the FAI horizon"
+        out.append(
+            f"FAI is null for every token: {where} looks past the end of every response (the longest has "
+            f"{longest} tokens), so there are no anchors and gamma is 1; pick a horizon inside the "
+            f"responses, e.g. --fai-horizon {'10:50' if longest > 11 else '1:end'}"
+        )
+    same_cause = ("fai", "fai_receiver") if defined.get("fai") is False else ("fai",)
+    for name in sorted(k for k, ok in defined.items() if not ok and k not in (*same_cause, "delta")):
+        out.append(f"{name} is null for every token: check the settings and the inputs")
+    return out

@@ -13,6 +13,10 @@ see, as in a sliding-window layer), A[t, s] = exp(score - lse_t) and the scan re
 
 and, per finite band (lo, hi) with hi < width, the weighted column sums
 ``cols[s] = sum_t w[t] A[t, s] [lo <= t - s <= hi]``.
+
+``skip`` masks the keys s < skip (the sinks, excluded): with the log-sum-exp of each row over its
+other keys, the scan then sums the renormalised map A'. A row with no key left (t < skip) gets
+``lse = NO_KEYS`` when the scan computes it, and zero sums.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 
 BLOCK_BUDGET_BYTES = 8 * 2**20
 SUBNORMAL_LOG = -87.0  # exp() of anything lower is a subnormal float32 (< 1.2e-38)
+NO_KEYS = 1e30  # log-sum-exp of a row with no key: exp(score - NO_KEYS) is exactly 0
 
 
 @dataclass
@@ -54,6 +59,7 @@ def scan_band(
     lse: torch.Tensor | None = None,
     reach: int | None = None,
     rows_per_block: int | None = None,
+    skip: int = 0,
 ) -> BandScan:
     """Scan the band 0 <= t - s < width of one causal sequence.
 
@@ -70,6 +76,7 @@ def scan_band(
             which is exact only when the band holds every key a row attends (sliding windows).
         reach: a sliding window: keys with t - s >= reach are masked (None: no window).
         rows_per_block: query rows per block (default: an 8 MiB block).
+        skip: keys s < skip are masked (excluded sinks); ``lse`` must then be over the other keys.
     """
     n_heads, length, dim = query.shape
     n_kv = key.shape[0]
@@ -98,12 +105,13 @@ def scan_band(
         # band[h, i, c] = block[h, i, i + c]: row t = t0 + i, key s = t0 + i - (width - 1) + c
         band = block.as_strided((n_heads, r, width), (r * span, span + 1, 1)) * scale
         masked = out_of_reach[None, :].expand(r, width)
-        if t0 < width - 1:  # keys before the start of the sequence
+        if t0 < width - 1 + skip:  # keys before the start of the sequence, or excluded
             t_idx = torch.arange(t0, t1, device=device)[:, None]
-            masked = masked | (gap[None, :] > t_idx)
+            masked = masked | (gap[None, :] > t_idx - skip)
         band.masked_fill_(masked, float("-inf"))
         if lse is None:
-            out_lse[:, t0:t1] = torch.logsumexp(band, -1)
+            found = torch.logsumexp(band, -1)
+            out_lse[:, t0:t1] = found.masked_fill_(found == float("-inf"), NO_KEYS)  # rows t < skip
         band.sub_(out_lse[:, t0:t1, None])
         # below exp(-87) fp32 turns subnormal, which is many times slower on a CPU: those are 0
         probs = band.masked_fill_(band < SUBNORMAL_LOG, float("-inf")).exp_()  # 0 outside the band

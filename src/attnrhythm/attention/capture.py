@@ -34,11 +34,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from attnrhythm.attention import fused
+from attnrhythm.attention.model_config import config_int
 from attnrhythm.attention.reductions import Band, LayerReductions, tile_reductions
+from attnrhythm.attention.routes import ROUTES
 from attnrhythm.errors import AttnRhythmError
 
 IMPLEMENTATION = "attnrhythm"
-ROUTES = ("auto", "fused", "tile")
 
 _ACTIVE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("attnrhythm_capture", default=None)
 
@@ -61,6 +62,14 @@ class Capture:
         blocks: optional per-sequence (start, end) padded ranges whose square map block is kept.
         route: "auto", "fused" (an error where the fused/band routes cannot express the mask)
             or "tile"; default from ``ATTNRHYTHM_ROUTE``, else "auto".
+        sinks: optional (B, N) bool, the sink key positions (the fused/band routes take them when
+            they are the first tokens of each sequence's live run): every layer then also reduces
+            each row's sink mass (``LayerReductions.sink``).
+        exclude_sinks: compute every statistic from the attention renormalised without the sink
+            keys (see :mod:`attnrhythm.attention.reductions`).
+        own_output: whether the fused route may return its kernel's output for the layer (no-grad
+            forwards in fp32/bf16/fp16: saves the SDPA call). False keeps every layer output SDPA's,
+            bit for bit the forward without the capture (a loss forward).
         results: filled during the forward pass, layer index -> reductions.
         routes: filled during the forward pass, layer index -> the route taken.
     """
@@ -72,12 +81,17 @@ class Capture:
     tile_size: int | None = None
     blocks: list[tuple[int, int] | None] | None = None
     route: str = field(default_factory=default_route)
+    sinks: torch.Tensor | None = None
+    exclude_sinks: bool = False
+    own_output: bool = True
     results: dict[int, LayerReductions] = field(default_factory=dict)
     routes: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.route not in ROUTES:
             raise AttnRhythmError(f"unknown attention route {self.route!r}: use one of {', '.join(ROUTES)}")
+        if self.exclude_sinks and self.sinks is None:
+            raise AttnRhythmError("excluding sinks needs the sink positions: give Capture(sinks=...)")
 
     def attend(
         self,
@@ -113,6 +127,8 @@ class Capture:
                     tile_size=self.tile_size,
                     softcap=kwargs.get("softcap"),
                     blocks=self.blocks,
+                    sinks=self.sinks,
+                    exclude_sinks=self.exclude_sinks,
                 )
             return sdpa_attention_forward(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -120,7 +136,9 @@ class Capture:
         banded = layout.window is not None and any(e - s > layout.window for s, e in layout.segments)
         self.routes[layer] = "band" if banded else "fused"
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-        own_output = not banded and not needs_grad and query.dtype in fused.OWN_OUTPUT_DTYPES
+        own_output = (
+            self.own_output and not banded and not needs_grad and query.dtype in fused.OWN_OUTPUT_DTYPES
+        )
         with torch.no_grad():
             reductions, output = fused.layer_reductions(
                 query,
@@ -132,6 +150,8 @@ class Capture:
                 bands=self.bands,
                 row_weight=self.row_weight,
                 blocks=self.blocks,
+                sinks=None if self.sinks is None else fused.sink_prefixes(self.sinks, layout),
+                exclude_sinks=self.exclude_sinks,
             )
         self.results[layer] = reductions
         if output is None:
@@ -173,6 +193,8 @@ class Capture:
         for b, (start, end) in enumerate(layout.segments):
             if torch.any(weight[b, :start] != 0) or torch.any(weight[b, end:] != 0):
                 return None, "row weight on padding rows"
+        if self.sinks is not None and fused.sink_prefixes(self.sinks, layout) is None:
+            return None, "sink positions other than the first tokens of each sequence"
         return layout, ""
 
 
@@ -251,11 +273,9 @@ def use_streaming_attention(model: PreTrainedModel) -> PreTrainedModel:
 
 def num_layers(model: PreTrainedModel) -> int:
     """Number of decoder layers of ``model``."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
+    value = config_int(model, "num_hidden_layers", "n_layer", "num_layers")
+    if value is not None:
+        return value
     raise AttnRhythmError(f"cannot tell how many layers {type(model).__name__} has: pass --layers explicitly")
 
 

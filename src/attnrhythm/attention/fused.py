@@ -29,6 +29,16 @@ computes the log-sum-exp itself (``route = "band"``); its output comes from SDPA
 Rows outside a sequence's live tokens (padding) get zero statistics and add nothing to the
 column sums.
 
+**Sinks** (the first ``n`` live tokens of each sequence, see :mod:`reductions`). Each row's sink
+mass is ``sum_{s<n} exp(score[t,s] - lse_t)``, from the n sink scores of every row (a thin
+(L x n) product). Excluding them (``exclude_sinks``) needs the log-sum-exp over the other keys,
+``lse'_t``: one more fused call over the live tokens from n on (rows t >= n, keys n..t: the same
+top-left causal pattern), which also returns ``sum_{s>=n} A'[t,s] s`` from the position column.
+The band scan, the reverse pass and the map blocks then use ``lse'`` with the sink keys masked,
+so every statistic is that of the renormalised map A'; rows t < n (only sinks to see) get
+``lse' = NO_KEYS`` and zero statistics. On the band route the scan itself gives ``lse'`` (sink
+keys masked), and the full ``lse`` is ``logaddexp(lse', sink lse)``.
+
 **dtype.** The kernels run in the model's dtype. A bf16/fp16 model (the usual GPU case) gets its
 output and float32 log-sum-exp from a kernel in that dtype (the kernels accumulate scores in
 float32); the band scan computes its scores in float32 from the same q and k. A bf16 output
@@ -45,7 +55,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnrhythm.attention.bands import scan_band
+from attnrhythm.attention.bands import NO_KEYS, scan_band
 from attnrhythm.attention.reductions import (
     Band,
     LayerReductions,
@@ -134,6 +144,38 @@ def _rows_match(mask: torch.Tensor, start: int, end: int, window: int | None) ->
 def _allowed(values: torch.Tensor) -> torch.Tensor:
     """Where a bool (True) or additive (0) mask lets a query attend."""
     return values if values.dtype == torch.bool else values == 0
+
+
+def sink_prefixes(sinks: torch.Tensor, layout: MaskLayout) -> list[int] | None:
+    """Per sequence, how many of its first live tokens are sinks, if ``sinks`` (B, N) bool is
+    exactly such a prefix of every sequence's live tokens (and False elsewhere); else None."""
+    counts = []
+    for b, (start, end) in enumerate(layout.segments):
+        row = sinks[b].bool()
+        count = int(row[start:end].sum())
+        if int(row.sum()) != count or not torch.all(row[start : start + count]):
+            return None
+        counts.append(count)
+    return counts
+
+
+def sink_lse(q: torch.Tensor, k: torch.Tensor, count: int, scale: float, reach: int | None) -> torch.Tensor:
+    """Log-sum-exp of each row's scores on the sink keys s < count it sees: (H, L) float32 (-inf: none).
+
+    q (H, L, D), k (Hkv, L, D) of one sequence's live tokens; ``reach`` a sliding window or None.
+    """
+    n_heads, length, _ = q.shape
+    count = min(count, length)
+    if count == 0:
+        return torch.full((n_heads, length), float("-inf"), device=q.device)
+    kk = k[:, :count].float().repeat_interleave(n_heads // k.shape[0], dim=0)
+    scores = torch.matmul(q.float(), kk.transpose(1, 2)) * scale  # (H, L, count)
+    t = torch.arange(length, device=q.device)[:, None]
+    s = torch.arange(count, device=q.device)[None, :]
+    allowed = s <= t
+    if reach is not None:
+        allowed &= t - s < reach
+    return torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +340,8 @@ def layer_reductions(
     row_weight: torch.Tensor,
     blocks: list[tuple[int, int] | None] | None = None,
     distance: str = "auto",
+    sinks: list[int] | None = None,
+    exclude_sinks: bool = False,
 ) -> tuple[LayerReductions, torch.Tensor | None]:
     """Reductions of one layer on the fused (or band) route, and the layer output if asked.
 
@@ -311,7 +355,13 @@ def layer_reductions(
     weighted total, ``sum_t w_t t - sum_s s C_0[s]`` from a reverse pass over every column: a
     bf16 output column would keep 8 bits of a position) or ``"auto"`` (rows in float32, columns
     in bf16/fp16).
+
+    ``sinks``: per sequence, the number of its first live tokens that are sinks (see
+    :func:`sink_prefixes`); the sink mass of every row is then reduced, and with
+    ``exclude_sinks`` every statistic is that of the renormalised map (module docstring).
     """
+    if exclude_sinks and sinks is None:
+        raise ValueError("exclude_sinks needs the sink counts")
     bsz, n_heads, length, dim = query.shape
     scale = float(scaling) if scaling is not None else dim**-0.5
     device = query.device
@@ -326,6 +376,7 @@ def layer_reductions(
     waad = torch.zeros(bsz, n_heads, length, device=device)
     cols = {band: torch.zeros(bsz, n_heads, length, device=device) for band in bands}
     kept: list[torch.Tensor | None] = [None] * bsz
+    sink = None if sinks is None else torch.zeros(bsz, n_heads, length, device=device)
     output = None
     if value is not None:
         output = torch.zeros(bsz, length, n_heads, value.shape[-1], device=device, dtype=value.dtype)
@@ -347,7 +398,11 @@ def layer_reductions(
             bands=bands,
             row_weight=weights[b, start:end],
             distance=distance,
+            sinks=None if sinks is None else sinks[b],
+            exclude_sinks=exclude_sinks,
         )
+        if sink is not None:
+            sink[b, :, start:end] = red["sink"]
         if red["dist"] is None:
             rows_known = False
         else:
@@ -360,10 +415,16 @@ def layer_reductions(
             output[b, start:end] = out.transpose(0, 1)
         square = blocks[b] if blocks else None
         if square is not None:
-            kept[b] = _map_block(q, k, red["lse"], scale, layout.window, start, square)
+            skip = sinks[b] if exclude_sinks else 0
+            kept[b] = _map_block(q, k, red["lse"], scale, layout.window, start, square, skip=skip)
     drop_leading_columns(cols, weights)
     reductions = LayerReductions(
-        dist=dist if rows_known else None, waad=waad, cols=cols, span=span, blocks=kept if blocks else None
+        dist=dist if rows_known else None,
+        waad=waad,
+        cols=cols,
+        span=span,
+        blocks=kept if blocks else None,
+        sink=sink,
     )
     return reductions, output
 
@@ -379,14 +440,22 @@ def _sequence(
     bands: list[Band],
     row_weight: torch.Tensor,
     distance: str,
+    sinks: int | None = None,
+    exclude_sinks: bool = False,
 ) -> tuple[dict, torch.Tensor | None]:
-    """Reductions of one sequence's live tokens; q (H, L, D), k/v (Hkv, L, D) in the kernel's dtype."""
+    """Reductions of one sequence's live tokens; q (H, L, D), k/v (Hkv, L, D) in the kernel's dtype.
+
+    ``sinks``: the first ``sinks`` tokens are sink keys (None: no sink mass); ``exclude_sinks``:
+    the statistics of the renormalised map (module docstring).
+    """
     n_heads, length, dim = q.shape
     positions = torch.arange(length, device=q.device, dtype=torch.float32)
     banded = sliding is not None and sliding < length
     width = band_width(length, window, bands, sliding if banded else None)
     finite = [(lo, hi) for lo, hi in bands if hi is not None]
     opens = sorted({lo for lo, hi in bands if hi is None})
+    skip = min(sinks or 0, length) if exclude_sinks else 0  # keys s < skip are left out
+    live = positions >= skip  # rows with a key to attend to
     out = None
     if banded:
         # every key a row sees lies in the band: the band gives the log-sum-exp and everything else
@@ -400,6 +469,7 @@ def _sequence(
             row_weight=row_weight,
             bands=finite + strips,
             reach=sliding,
+            skip=skip,
         )
         dist = scan.moment
         waad = scan.capped
@@ -407,7 +477,14 @@ def _sequence(
         for lo in opens:
             cols[(lo, None)] = scan.cols[(lo, width - 1)] if lo < width else torch.zeros_like(dist)
         span = weighted_span(dist[None], row_weight[None])[0]
-        return {"dist": dist, "span": span, "waad": waad, "cols": cols, "lse": scan.lse}, None
+        sink = None
+        if sinks is not None:
+            on_sinks = sink_lse(q, k, sinks, scale, sliding)
+            full = scan.lse
+            if skip:  # lse over every key = lse over the others (+) lse over the sinks
+                full = torch.logaddexp(full.masked_fill(full >= NO_KEYS, float("-inf")), on_sinks)
+            sink = (on_sinks - full).exp()
+        return {"dist": dist, "span": span, "waad": waad, "cols": cols, "lse": scan.lse, "sink": sink}, None
 
     by_rows = distance == "rows"
     if by_rows:
@@ -421,6 +498,8 @@ def _sequence(
             res, lse = causal_attention_with_lse(q_aug[None], k_aug[None], v_aug[None], scale)
             out = res[0, ..., :dim]
             mean_pos = res[0, ..., dim].float()
+        elif skip:
+            res, lse = causal_attention_with_lse(q[None], k[None], k[None], scale)  # only the lse
         else:
             v_pos = torch.cat([pos_col, k.new_zeros(k.shape[0], length, dim - 1)], -1)
             res, lse = causal_attention_with_lse(q[None], k[None], v_pos[None], scale)
@@ -431,15 +510,29 @@ def _sequence(
         res, lse = causal_attention_with_lse(q[None], k[None], values[None], scale)
         out = None if v is None else res[0].to(v.dtype)
     lse = lse[0].float()
+    sink = None if sinks is None else (sink_lse(q, k, sinks, scale, None) - lse).exp()
+    if skip:
+        # the log-sum-exp over the keys after the sinks (and their mean position): one more call
+        lse, rest_pos = _rest_of_row(q, k, skip, scale, positions if by_rows else None)
+        if by_rows:
+            mean_pos = rest_pos
     # open bands come from one reverse pass from ``base`` on, minus band strips [base, lo - 1]
     base = (opens[0] if opens else None) if by_rows else 0
     strips = [] if base is None else [(base, lo - 1) for lo in opens if lo - 1 >= base]
     strips = [band for band in strips if band not in finite]
     scan = scan_band(
-        q, k, scale=scale, width=width, window=window, row_weight=row_weight, bands=finite + strips, lse=lse
+        q,
+        k,
+        scale=scale,
+        width=width,
+        window=window,
+        row_weight=row_weight,
+        bands=finite + strips,
+        lse=lse,
+        skip=skip,
     )
     inside = positions < width  # rows whose every key lies in the band
-    beyond = torch.where(inside, 0.0, (1.0 - scan.mass).clamp_min(0.0))  # mass further back than the band
+    beyond = torch.where(inside | ~live, 0.0, (1.0 - scan.mass).clamp_min(0.0))  # mass further back
     waad = scan.capped + window * beyond
     cols = {band: scan.cols[band] for band in finite}
     dist = None
@@ -447,15 +540,43 @@ def _sequence(
         # columns before the first weighted row stay 0, unless the distance needs all of them
         first = leading_columns(row_weight[None])[0] if by_rows else 0
         sums = column_sums_to_end(q, k, lse, row_weight, scale, base, first=first)
+        sums[:, :skip] = 0.0  # excluded sink columns
         for lo in opens:
             cols[(lo, None)] = sums - scan.cols[(base, lo - 1)] if lo > base else sums
     if by_rows:
-        dist = torch.where(inside, scan.moment, positions - mean_pos)
+        dist = torch.where(inside, scan.moment, positions - mean_pos) * live
         span = weighted_span(dist[None], row_weight[None])[0]
     else:
-        # sum_t w_t sum_s A[t,s] (t - s) = sum_t w_t t - sum_s s C_0[s]  (float64 sums)
-        span = (row_weight.double() * positions.double()).sum() - sums.double() @ positions.double()
-    return {"dist": dist, "span": span, "waad": waad, "cols": cols, "lse": lse}, out
+        # sum_t w_t sum_s A[t,s] (t - s) = sum_t w_t t - sum_s s C_0[s]  (float64 sums; rows of mass 1)
+        span = (row_weight.double() * positions.double() * live).sum() - sums.double() @ positions.double()
+    return {"dist": dist, "span": span, "waad": waad, "cols": cols, "lse": lse, "sink": sink}, out
+
+
+def _rest_of_row(
+    q: torch.Tensor, k: torch.Tensor, skip: int, scale: float, positions: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-sum-exp of each row over its keys s >= skip, (H, L) float32 (``NO_KEYS`` for rows t < skip),
+    and, given ``positions``, ``sum_{s >= skip} A'[t,s] s`` (0 for rows t < skip).
+
+    One fused call over the tokens from ``skip`` on: row t >= skip sees keys skip..t, the kernel's
+    top-left causal pattern.
+    """
+    n_heads, length, dim = q.shape
+    lse = torch.full((n_heads, length), NO_KEYS, device=q.device)
+    mean_pos = None if positions is None else torch.zeros(n_heads, length, device=q.device)
+    if skip >= length:
+        return lse, mean_pos
+    qs, ks = q[:, skip:].contiguous(), k[:, skip:].contiguous()
+    if positions is None:
+        values = ks
+    else:
+        pos_col = positions[skip:][None, :, None].expand(ks.shape[0], length - skip, 1).to(q.dtype)
+        values = torch.cat([pos_col, ks.new_zeros(ks.shape[0], length - skip, dim - 1)], -1)
+    res, rest = causal_attention_with_lse(qs[None], ks[None], values[None], scale)
+    lse[:, skip:] = rest[0].float()
+    if mean_pos is not None:
+        mean_pos[:, skip:] = res[0, ..., 0].float()
+    return lse, mean_pos
 
 
 def _map_block(
@@ -466,8 +587,12 @@ def _map_block(
     sliding: int | None,
     start: int,
     span: tuple[int, int],
+    skip: int = 0,
 ) -> torch.Tensor:
-    """The (H, S, S) map block A[a:e, a:e] (padded coordinates) from its scores and the row lse."""
+    """The (H, S, S) map block A[a:e, a:e] (padded coordinates) from its scores and the row lse.
+
+    ``skip``: keys before the sequence's token ``skip`` are excluded sinks (0 in the block).
+    """
     a, e = span
     n_heads = q.shape[0]
     group = n_heads // k.shape[0]
@@ -482,6 +607,7 @@ def _map_block(
     allowed = idx[None, :] <= idx[:, None]
     if sliding is not None:
         allowed &= idx[:, None] - idx[None, :] < sliding
+    allowed &= idx[None, :] + lo >= skip
     probs = (scores - lse[:, lo:hi, None]).exp() * allowed
     off = lo + start - a
     block[:, off : off + hi - lo, off : off + hi - lo] = probs

@@ -1,6 +1,6 @@
 """Per-head attention reductions computed in query tiles, never from a full N x N map.
 
-Every attention metric of METHOD.md is linear in the attention map A of one head, so it is
+Every attention metric of docs/method.md is linear in the attention map A of one head, so it is
 enough to keep, per head, a few length-N vectors:
 
 * ``dist[t]  = sum_s A[t,s] * (t - s)``          (row reduction; its mean over the response is
@@ -8,6 +8,15 @@ enough to keep, per head, a few length-N vectors:
 * ``waad[t]  = sum_s A[t,s] * min(t - s, W)``    (row reduction; WAAD before head averaging)
 * ``cols[s]  = sum_t w[t] * A[t,s] * [lo <= t - s <= hi]``  (band-limited column reduction with
   row weights w; FAI and receiver-head scores before normalisation)
+* ``sink[t]  = sum_{s in S} A[t,s]``             (row reduction: the mass a row gives to the sink
+  keys S, when sink keys are given)
+
+**Sinks.** With sink keys S (a (B, N) bool mask of key positions, e.g. each sequence's first
+token) and ``exclude_sinks``, ``dist``, ``waad`` and ``cols`` are computed from the renormalised
+map ``A'[t,s] = A[t,s] / (1 - sink[t])`` for s not in S and 0 on S, i.e. the softmax over the
+keys the row sees outside S. A row that sees no key outside S (the first tokens themselves, or a
+padding row) has ``A' = 0``: it adds nothing to any reduction. ``sink`` is always the mass under
+the original A.
 
 Column reductions are kept for the columns at or after a sequence's first weighted row (the
 response, in an analysis) and are 0 before it: every consumer reads columns of weighted tokens
@@ -39,6 +48,8 @@ class LayerReductions:
         span: (B, H) float64 ``sum_t w[t] dist[t]``, the row-weighted total of ``dist`` (with w = 1
             on the response: the head's span d[l,h] times the response length).
         blocks: per sequence, the (H, S, S) map block, if asked.
+        sink: (B, H, N) float32 ``sink[t]`` (the original map's mass on the sink keys), or None
+            when no sink keys were given.
     """
 
     dist: torch.Tensor | None
@@ -46,6 +57,7 @@ class LayerReductions:
     cols: dict[Band, torch.Tensor]
     span: torch.Tensor
     blocks: list[torch.Tensor | None] | None = None
+    sink: torch.Tensor | None = None
 
 
 def weighted_span(dist: torch.Tensor, row_weight: torch.Tensor) -> torch.Tensor:
@@ -106,6 +118,8 @@ def tile_reductions(
     tile_size: int | None = None,
     softcap: float | None = None,
     blocks: list[tuple[int, int] | None] | None = None,
+    sinks: torch.Tensor | None = None,
+    exclude_sinks: bool = False,
 ) -> LayerReductions:
     """Compute row and band-column reductions of softmax(q k^T) for every query head.
 
@@ -124,8 +138,13 @@ def tile_reductions(
         softcap: tanh soft-capping of scores (Gemma-2 style), if the model uses it.
         blocks: optional per-sequence (start, end) ranges in padded coordinates: the square
             map block A[start:end, start:end] of every head is kept (for plots of a window).
+        sinks: optional (B, N) bool, the sink key positions: ``sink`` is reduced, and with
+            ``exclude_sinks`` every other reduction (and the kept blocks) uses the renormalised
+            map A' (see the module docstring).
     """
     bsz, n_heads, n, dim = query.shape
+    if exclude_sinks and sinks is None:
+        raise ValueError("exclude_sinks needs the sink key positions")
     n_kv = key.shape[1]
     if n_heads % n_kv:
         raise ValueError(f"{n_heads} query heads are not a multiple of {n_kv} key heads")
@@ -140,6 +159,8 @@ def tile_reductions(
     dist = torch.zeros(bsz, n_heads, n, device=device)
     waad = torch.zeros(bsz, n_heads, n, device=device)
     cols = {band: torch.zeros(bsz, n_heads, n, device=device) for band in bands}
+    sink_keys = None if sinks is None else sinks.to(device=device, dtype=torch.bool)
+    sink = None if sink_keys is None else torch.zeros(bsz, n_heads, n, device=device)
     offsets = torch.arange(window, device=device)  # j = t - s for the near band of WAAD
     kept: list[torch.Tensor | None] = [None] * bsz
     for b, span in enumerate(blocks or []):
@@ -163,8 +184,16 @@ def tile_reductions(
                 scores.add_(block.float())
         scores.masked_fill_(~causal, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
-        del scores
         probs.nan_to_num_(0.0)  # rows with every key masked (padding queries)
+        if sink_keys is not None:
+            on_sink = sink_keys[:, None, None, :t1]
+            sink[:, :, t0:t1] = (probs * on_sink).sum(-1)
+            if exclude_sinks:  # A': the softmax over the seen keys outside S (no such key: 0)
+                hidden = on_sink
+                if block is not None and block.dtype != torch.bool:  # additive masks block with ~min
+                    hidden = hidden | (block < torch.finfo(block.dtype).min / 2)
+                probs = torch.softmax(scores.masked_fill_(hidden, float("-inf")), dim=-1).nan_to_num_(0.0)
+        del scores
 
         row_sum = probs.sum(-1)  # 1 for live rows, 0 for fully masked ones
         rel_rows = torch.arange(rows, device=device, dtype=torch.float32)
@@ -206,7 +235,12 @@ def tile_reductions(
                 ]
     drop_leading_columns(cols, w_all)
     return LayerReductions(
-        dist=dist, waad=waad, cols=cols, span=weighted_span(dist, w_all), blocks=kept if blocks else None
+        dist=dist,
+        waad=waad,
+        cols=cols,
+        span=weighted_span(dist, w_all),
+        blocks=kept if blocks else None,
+        sink=sink,
     )
 
 

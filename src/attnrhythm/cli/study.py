@@ -1,4 +1,4 @@
-"""``attnrhythm study couplings|perturb``: the paper's mechanism studies (METHOD.md section 6)."""
+"""``attnrhythm study couplings|perturb``: the paper's mechanism studies (docs/method.md section 6)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from attnrhythm.errors import AttnRhythmError
 
 study_app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="Does a model have the preplan-and-anchor rhythm? The paper's two mechanism studies.",
 )
 
@@ -31,17 +32,15 @@ RecordsOpt = typer.Option(
     None, "--records", help="Use these analysed records (from analyze, receivers on) instead of sampling."
 )
 BootOpt = typer.Option(2000, "--bootstrap", help="Bootstrap resamples over problems (95% intervals).")
-HeadsOpt = typer.Option(
-    None, "--heads", help="Fixed head set (heads.json of `attnrhythm heads`) instead of per-response classes."
-)
 
 
 def _prepare(
     *, model, device, problems, n, temperature, seed, max_new_tokens, batch_size, chat, records, out,
     layers, window, fai_horizon, head_quantile, proximity, receivers, need_model, heads=None,
+    sinks="keep", sink_tokens=1,
 ):  # fmt: skip
     """(model, tokenizer, records, run metadata) from --records or by sampling (resumable)."""
-    from attnrhythm.analyze import AnalysisConfig
+    from attnrhythm.config import AnalysisConfig
     from attnrhythm.records import read_records
     from attnrhythm.studies.run import (
         SampleConfig,
@@ -56,20 +55,16 @@ def _prepare(
             "--heads applies to responses the study analyses, and --records were analysed already: "
             "drop --heads, or re-analyse the responses with `attnrhythm analyze --heads FILE`"
         )
-    fixed = heads_layers = None
-    if heads is not None:
-        from attnrhythm.analyze import load_heads_file
-
-        heads_layers, fixed = load_heads_file(heads)
     analysis = AnalysisConfig(
         layers=layers,
         window=window,
         fai_horizon=fai_horizon,
         head_quantile=head_quantile,
-        heads=fixed,
-        heads_layers=heads_layers,
+        heads=heads,
         proximity=proximity,
         receiver_count=receivers,
+        sinks=sinks,
+        sink_tokens=sink_tokens,
     )
     sample = SampleConfig(problems=problems, n=n, seed=seed, temperature=temperature,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat)  # fmt: skip
@@ -81,10 +76,22 @@ def _prepare(
         if not recs:
             raise AttnRhythmError(f"{records} has no records: pass a JSONL written by attnrhythm analyze")
         check_records(recs, records)
-        if need_model:
+        recorded = recs[0].get("sinks") or {"mode": "keep", "tokens": 1}
+        again = recorded != {"mode": sinks, "tokens": sink_tokens}
+        if need_model or again:
             lm, tokenizer = cli.load(model, device)
-        meta = run_meta(model if need_model else "from records", None, recs)
-        meta.update(records=str(records), **sampling_settings(Path(records).parent))
+        if again:  # the same responses, analysed under this sink setting
+            from attnrhythm.studies.run import reanalysed_records
+
+            with cli.progress() as progress:
+                task = progress.add_task("re-analysing", total=len(recs))
+                recs = reanalysed_records(
+                    lm, tokenizer, recs, analysis, out, batch_size=batch_size,
+                    progress=lambda _label, done, total: progress.update(task, completed=done, total=total),
+                )  # fmt: skip
+        meta = run_meta(model if need_model or again else "from records", None, recs)
+        meta.update(records=str(records), sinks=sinks, sink_tokens=sink_tokens,
+                    **sampling_settings(Path(records).parent))  # fmt: skip
         return lm, tokenizer, recs, meta
     lm, tokenizer = cli.load(model, device)
     with cli.progress() as progress:
@@ -97,10 +104,12 @@ def _prepare(
 
         recs, errors = sampled_records(lm, tokenizer, model, sample, analysis, out, update)
     for err in errors:
-        cli.console.print(f"[yellow]skipped[/yellow] {err}", highlight=False)
+        cli.tagged("skipped", err, "yellow")
     if not recs:
         raise AttnRhythmError("no response could be analysed: raise --max-new-tokens or check the model")
-    return lm, tokenizer, recs, run_meta(model, sample, recs)
+    meta = run_meta(model, sample, recs)
+    meta.update(sinks=sinks, sink_tokens=sink_tokens)
+    return lm, tokenizer, recs, meta
 
 
 @study_app.command()
@@ -130,9 +139,9 @@ def couplings(
     window: int = cli.WindowOpt,
     fai_horizon: str = cli.HorizonOpt,
     head_quantile: float = cli.QuantileOpt,
-    proximity: int = typer.Option(4, "--proximity", help="Receiver heads: count attention from >= this far."),
-    receivers: int = typer.Option(None, "--receivers", help="Receiver heads (default: as many as global)."),
-    heads: Path = HeadsOpt,
+    proximity: int = cli.ProximityOpt,
+    receivers: int = cli.ReceiversOpt,
+    heads: Path = cli.HeadsOpt,
 ) -> None:
     """Table 2: entropy at WAAD peaks, receiver vs global FAI peaks, FAI peaks at/after WAAD peaks."""
     from attnrhythm.studies.couplings import COUPLINGS, PeakSpec
@@ -203,7 +212,15 @@ def perturb(
     window: int = cli.WindowOpt,
     fai_horizon: str = cli.HorizonOpt,
     head_quantile: float = cli.QuantileOpt,
-    heads: Path = HeadsOpt,
+    heads: Path = cli.HeadsOpt,
+    sinks: str = cli.SinksOpt,
+    sink_tokens: int = cli.SinkTokensOpt,
+    reuse_trials: Path = typer.Option(
+        None,
+        "--reuse-trials",
+        help="trials.jsonl of an earlier run on the same responses and settings: positions perturbed "
+        "there are not decoded again (e.g. the --sinks keep run for an exclude run).",
+    ),
 ) -> None:
     """Table 1: force the top-k alternatives at a high- and a low-FAI position, compare continuations."""
     from attnrhythm.studies.perturb import PerturbConfig
@@ -217,12 +234,13 @@ def perturb(
         model=model, device=device, problems=problems, n=n, temperature=temperature, seed=seed,
         max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat, records=records, out=out,
         layers=layers, window=window, fai_horizon=fai_horizon, head_quantile=head_quantile,
-        proximity=4, receivers=None, need_model=True, heads=heads,
+        proximity=4, receivers=None, need_model=True, heads=heads, sinks=sinks, sink_tokens=sink_tokens,
     )  # fmt: skip
     with cli.progress() as progress:
         task = progress.add_task("perturbing", total=len(recs))
         results = run_perturb(
             lm, tokenizer, recs, out, config=config, bootstrap=bootstrap, seed=seed, run=meta,
+            reuse=reuse_trials,
             progress=lambda _label, done, total: progress.update(task, completed=done, total=total),
         )  # fmt: skip
     s = results["summary"]

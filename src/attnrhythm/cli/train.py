@@ -5,25 +5,35 @@ Registered on the main typer app by :func:`register` (called at the end of :mod:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from attnrhythm.cli.options import option
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.train.runs import TrainSettings
 
-TaskOpt = typer.Option(
-    None,
-    "--task",
-    "-t",
-    help="countdown, wordproblems, arithmetic, math, or rg:NAME[:KEY=VALUE,...] for a reasoning-gym dataset.",
-)
+
+def _unset(name: str, *aliases: str) -> Any:
+    """The flag of TrainSettings' setting ``name``: None unless given, its default shown in the help."""
+    return option(TrainSettings, name, *aliases, unset=True)
+
+
+TaskOpt = _unset("task")
 TaskOptionOpt = typer.Option(
     None,
     "--task-option",
     help="A task option KEY=VALUE (VALUE read as YAML), repeatable, e.g. --task-option n_numbers=[2,2].",
 )
+
+
+def _heads_setting(value: str) -> str:
+    """--heads as the run's settings keep it: a head set file becomes an absolute path."""
+    from attnrhythm.config import parse_heads
+
+    option = parse_heads(value)
+    return str(Path(option.path).resolve()) if option.mode == "file" else value
 
 
 def _task_options(items: list[str] | None) -> dict[str, Any] | None:
@@ -43,70 +53,47 @@ def _task_options(items: list[str] | None) -> dict[str, Any] | None:
     return options
 
 
-def _write_json(path: Path, data: Any) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def register(app: typer.Typer) -> None:
     """Add the ``train`` and ``eval`` commands to ``app``."""
-    from attnrhythm.cli.options import ModelOpt, console, out_console
+    from attnrhythm.cli.options import DeviceOpt, ModelOpt, console, out_console, tagged
     from attnrhythm.cli.options import progress as _progress
 
     @app.command()
     def train(
         config: Path = typer.Option(
-            None, "--config", "-c", help="YAML file of training settings (field names)."
+            None, "--config", "-c", help="YAML file of training settings (flat keys: the flag names with _)."
         ),
         task: str = TaskOpt,
         task_option: list[str] = TaskOptionOpt,
-        strategy: str = typer.Option(
-            None, "--strategy", help="none, random, entropy, local, global, coupled."
-        ),
-        selection: str = typer.Option(None, "--selection", help="top, or bottom for the ablation."),
-        q: float = typer.Option(None, "--q", help="TopQ share of tokens selected as preplan / anchor."),
-        amp: float = typer.Option(None, "--amp", help="Credit amplification of selected tokens."),
-        alpha: float = typer.Option(None, "--alpha", help="Share of a dominated anchor's credit moved."),
-        k: int = typer.Option(None, "--k", help="Look-back for the introductory token."),
-        credit_forward: str = typer.Option(
-            None,
-            "--credit-forward",
-            help="auto, fused (captured in TRL's old-logprob forward; needs --num-iterations > 1), separate.",
-        ),
-        num_iterations: int = typer.Option(
-            None, "--num-iterations", help="Optimiser passes over each rollout batch (TRL's num_iterations)."
-        ),
-        heads: Path = typer.Option(
-            None, "--heads", help="Fixed head set for the credit (heads.json of `attnrhythm heads`)."
-        ),
-        model: str = typer.Option(
-            None, "--model", "-m", help="'embedded', a checkpoint directory, a .gguf file or a cached hub id."
-        ),
-        steps: int = typer.Option(None, "--steps", help="Optimiser steps."),
-        learning_rate: float = typer.Option(None, "--learning-rate", "--lr", help="AdamW learning rate."),
-        num_generations: int = typer.Option(None, "--num-generations", help="Completions per prompt."),
-        batch_size: int = typer.Option(
-            None, "--batch-size", help="Completions per step (a multiple of --num-generations)."
-        ),
-        max_completion_length: int = typer.Option(
-            None, "--max-completion-length", help="Tokens generated per completion at most."
-        ),
-        temperature: float = typer.Option(None, "--temperature", help="Sampling temperature in training."),
-        seed: int = typer.Option(None, "--seed", help="Trainer seed (data order, sampling)."),
-        data_seed: int = typer.Option(None, "--data-seed", help="Seed of the training examples."),
-        n_train: int = typer.Option(None, "--n-train", help="Training examples drawn from the task."),
-        save_steps: int = typer.Option(None, "--save-steps", help="Checkpoint every N steps (0: none)."),
-        device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
-        out: Path = typer.Option(None, "--out", "-o", help="Run directory (metrics, checkpoints, final/)."),
+        strategy: str = _unset("strategy"),
+        selection: str = _unset("selection"),
+        q: float = _unset("q"),
+        amp: float = _unset("amp"),
+        alpha: float = _unset("alpha"),
+        k: int = _unset("k"),
+        gamma_norm: str = _unset("gamma_norm"),
+        shape: str = _unset("shape"),
+        credit_forward: str = _unset("credit_forward"),
+        num_iterations: int = _unset("num_iterations"),
+        heads: str = _unset("heads"),
+        model: str = _unset("model"),
+        steps: int = _unset("steps"),
+        learning_rate: float = _unset("learning_rate", "--lr"),
+        num_generations: int = _unset("num_generations"),
+        batch_size: int = _unset("per_device_train_batch_size"),
+        max_completion_length: int = _unset("max_completion_length", "--max-completion-length"),
+        temperature: float = _unset("temperature"),
+        seed: int = _unset("seed"),
+        data_seed: int = _unset("data_seed"),
+        n_train: int = _unset("n_train"),
+        save_steps: int = _unset("save_steps"),
+        device: str = _unset("device"),
+        out: Path = _unset("output_dir"),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a --out holding a run."),
     ) -> None:
         """Train a policy with GRPO + attention-rhythm credit; writes metrics.jsonl, checkpoints, final/."""
-        from attnrhythm.train.runs import SETTINGS_FILE, TrainSettings, check_run_dir
+        from attnrhythm.train.runs import SETTINGS_FILE, check_run_dir, no_signal_warning
         from attnrhythm.train.runs import train as run_training
 
         if resume and overwrite:
@@ -126,11 +113,11 @@ def register(app: typer.Typer) -> None:
             amp=amp,
             alpha=alpha,
             k=k,
+            gamma_norm=gamma_norm,
+            shape=shape,
             credit_forward=credit_forward,
             num_iterations=num_iterations,
-            rhythm_options={**settings.rhythm_options, "heads": str(heads.resolve())}
-            if heads is not None
-            else None,
+            heads=_heads_setting(heads) if heads is not None else None,
             model=model,
             steps=steps,
             learning_rate=learning_rate,
@@ -160,7 +147,13 @@ def register(app: typer.Typer) -> None:
             def progress(step: int, total: int) -> None:
                 bar.update(job, completed=step, total=total)
 
-            summary = run_training(settings, resume=resume, overwrite=overwrite, progress=progress)
+            summary = run_training(
+                settings,
+                resume=resume,
+                overwrite=overwrite,
+                progress=progress,
+                warn=lambda message: tagged("warning:", message, "yellow"),
+            )
         records = summary["metrics"]
         last = records[-1] if records else {}
         sps = summary["seconds_per_step"]
@@ -171,7 +164,12 @@ def register(app: typer.Typer) -> None:
             + (f", {sps:.2f} s/step" if sps is not None else ""),
             highlight=False,
         )
-        out_console.print(f"run directory: {summary['output_dir']} (final model in {summary['final']})")
+        out_console.print(
+            f"run directory: {summary['output_dir']} (final model in {summary['final']})", highlight=False
+        )
+        message = no_signal_warning(records)
+        if message is not None and not summary.get("warned"):
+            tagged("warning:", message, "yellow")
 
     @app.command("eval")
     def eval_command(
@@ -179,7 +177,7 @@ def register(app: typer.Typer) -> None:
         task: str = TaskOpt,
         task_option: list[str] = TaskOptionOpt,
         n: int = typer.Option(64, "--n", help="Held-out problems."),
-        samples: int = typer.Option(4, "--samples", "-k", help="K sampled completions per problem (avg@K)."),
+        samples: int = typer.Option(4, "--samples", help="K sampled completions per problem (avg@K)."),
         temperature: float = typer.Option(1.0, "--temperature", help="Temperature of the K samples."),
         seed: int = typer.Option(0, "--seed", help="Sampling seed."),
         eval_seed: int = typer.Option(10_000, "--eval-seed", help="Seed of the held-out problems."),
@@ -188,7 +186,7 @@ def register(app: typer.Typer) -> None:
         exclude_run: Path = typer.Option(
             None, "--exclude-run", help="A training run directory: drop its training prompts from the set."
         ),
-        device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda:0."),
+        device: str = DeviceOpt,
         out: Path = typer.Option(
             None, "--out", "-o", help="Write the results (with per-problem rows) as JSON."
         ),
@@ -203,7 +201,7 @@ def register(app: typer.Typer) -> None:
         from attnrhythm.models import load_model
         from attnrhythm.tasks import get_task
         from attnrhythm.train.evaluate import evaluate
-        from attnrhythm.train.runs import FINAL_DIR, SETTINGS_FILE, TrainSettings, training_prompts
+        from attnrhythm.train.runs import FINAL_DIR, SETTINGS_FILE, training_prompts
 
         if n < 1:
             raise AttnRhythmError(f"bad --n {n}: evaluate at least 1 problem")
@@ -268,5 +266,7 @@ def register(app: typer.Typer) -> None:
             highlight=False,
         )
         if out is not None:
-            _write_json(out, result)
+            from attnrhythm.records import write_json_atomic
+
+            write_json_atomic(out, result)
             console.print(f"wrote {out}", highlight=False)

@@ -1,41 +1,18 @@
-"""METHOD.md section 5: per-token credit gamma and the GRPO advantage shaping rule."""
+"""docs/method.md section 5: per-token credit gamma and the GRPO advantage shaping rule.
+
+Its settings, :class:`~attnrhythm.method.config.CreditConfig`, are declared in :mod:`.config`.
+"""
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
 import torch
 
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.method.config import GAMMA_NORMS, STRATEGIES, CreditConfig
 from attnrhythm.method.rhythm import Roles, find_roles, top_q
-
-STRATEGIES: tuple[str, ...] = ("none", "local", "global", "coupled", "entropy", "random")
-
-
-@dataclass(frozen=True)
-class CreditConfig:
-    """Hyperparameters of the credit (METHOD.md defaults)."""
-
-    q: float = 0.4
-    amp: float = 1.5
-    alpha: float = 0.5
-    k: int = 3
-    tau_waad: float | None = None
-    tau_delta: float | None = None
-    selection: str = "top"  # or "bottom" (the ablation)
-    seed: int = 0  # for the random baseline
-
-    def __post_init__(self) -> None:
-        if self.selection not in ("top", "bottom"):
-            raise AttnRhythmError(f"bad selection {self.selection!r}: use 'top' or 'bottom'")
-        if not 0 <= self.alpha <= 1:
-            raise AttnRhythmError(f"bad alpha {self.alpha}: it must be in [0, 1]")
-        if not 0 < self.q <= 1:
-            raise AttnRhythmError(f"bad q {self.q}: it must be in (0, 1]")
-        if self.amp <= 0:
-            raise AttnRhythmError(f"bad amp {self.amp}: it must be > 0")
 
 
 def indicator(n: int, positions: list[int] | set[int]) -> torch.Tensor:
@@ -64,9 +41,26 @@ def gamma(
 ) -> torch.Tensor:
     """gamma_t of one response (float64, length n) for ``strategy`` (see STRATEGIES).
 
+    With ``config.gamma_norm == "mean"`` the result is divided by its mean over the whole response
+    (:func:`normalize_gamma`; a record has no loss mask, so every response token counts).
     ``roles``, when given, must come from :func:`find_roles` with this ``config``; it saves
     recomputing them for each strategy.
     """
+    raw = _raw_gamma(strategy, waad=waad, fai=fai, delta=delta, entropy=entropy, config=config, roles=roles)
+    return raw if config.gamma_norm == "none" else normalize_gamma(raw[None], None, config.gamma_norm)[0]
+
+
+def _raw_gamma(
+    strategy: str,
+    *,
+    waad: torch.Tensor,
+    fai: torch.Tensor,
+    delta: torch.Tensor,
+    entropy: torch.Tensor,
+    config: CreditConfig,
+    roles: Roles | None,
+) -> torch.Tensor:
+    """docs/method.md section 5's gamma_t, before any normalisation."""
     n = waad.shape[0]
     boost = config.amp - 1.0
     bottom = config.selection == "bottom"
@@ -102,24 +96,57 @@ def gamma(
     raise AttnRhythmError(f"unknown credit strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
 
 
-def shape_advantages(
-    advantages: torch.Tensor, gammas: torch.Tensor, mask: torch.Tensor | None = None
+def normalize_gamma(
+    gammas: torch.Tensor, mask: torch.Tensor | None = None, norm: str = "mean"
 ) -> torch.Tensor:
-    """A~_t = gamma_t * A_t where A_t >= 0, A_t unchanged where A_t < 0.
+    """Each row of ``gammas`` (B, T) divided by its mean over the row's ``mask`` tokens (``norm="mean"``).
+
+    ``mask`` (B, T) marks the loss tokens (None: every position); positions outside it are set to 1
+    (no credit there). A row with no mask token, or whose mean is not > 0 (only possible with
+    amp < 1), is left as it is. The division is scale-free: normalising an already normalised gamma
+    over the same tokens changes nothing, so it does not matter whether a gamma was normalised over
+    the whole response before. ``norm="none"`` returns ``gammas`` with only the mask applied.
+    """
+    if norm not in GAMMA_NORMS:
+        raise AttnRhythmError(f"bad gamma_norm {norm!r}: use one of {', '.join(GAMMA_NORMS)}")
+    keep = torch.ones_like(gammas, dtype=torch.bool) if mask is None else mask.to(gammas.device).bool()
+    g = torch.where(keep, gammas, torch.ones_like(gammas))
+    if norm == "none":
+        return g
+    count = keep.sum(-1, keepdim=True)
+    mean = torch.where(keep, g, torch.zeros_like(g)).sum(-1, keepdim=True) / count.clamp_min(1)
+    ok = (count > 0) & (mean > 0)
+    return torch.where(keep & ok, g / torch.where(ok, mean, torch.ones_like(mean)), g)
+
+
+def shape_advantages(
+    advantages: torch.Tensor,
+    gammas: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    config: CreditConfig | None = None,
+) -> torch.Tensor:
+    """The GRPO shaping rule: A~_t = gamma_t * A_t where A_t >= 0, A_t unchanged where A_t < 0.
+
+    ``config`` (default :class:`CreditConfig`) picks the variant: ``gamma_norm="mean"`` first divides
+    each row's gamma by its mean over the ``mask`` tokens (:func:`normalize_gamma`), so a row whose
+    advantage is one value A keeps its mass, sum of A~ over the mask = A x (mask tokens);
+    ``shape="both"`` scales A_t < 0 too.
 
     Args:
         advantages: (B,) sequence-level or (B, T) token-level advantages.
         gammas: (B, T) per-token credit (1 where no credit applies).
-        mask: optional (B, T) completion mask; masked positions keep gamma = 1 (and are
-            usually ignored by the loss anyway).
+        mask: optional (B, T) loss mask (TRL's completion mask, verl's response mask); masked
+            positions keep gamma = 1 (and are usually ignored by the loss anyway).
+        config: the credit settings; only ``gamma_norm`` and ``shape`` are read.
     Returns:
         (B, T) shaped token-level advantages.
     """
+    config = config if config is not None else CreditConfig()
     if advantages.dim() == 1 and gammas.dim() == 2 and advantages.shape[0] == gammas.shape[0]:
         advantages = advantages[:, None].expand_as(gammas)
     if advantages.shape != gammas.shape:
         raise ValueError(f"advantages {tuple(advantages.shape)} and gamma {tuple(gammas.shape)} differ")
-    g = gammas.to(advantages.dtype)
-    if mask is not None:
-        g = torch.where(mask.bool(), g, torch.ones_like(g))
+    g = normalize_gamma(gammas.to(advantages.dtype), mask, config.gamma_norm)
+    if config.shape == "both":
+        return advantages * g
     return torch.where(advantages >= 0, advantages * g, advantages)

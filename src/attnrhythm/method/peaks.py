@@ -2,7 +2,7 @@
 
 Position t of a curve x (response-relative; ``None``/NaN = undefined) is a **peak** when
 
-* x_t is defined and among the ceil(q * count) largest defined values (METHOD.md's TopQ
+* x_t is defined and among the ceil(q * count) largest defined values (docs/method.md's TopQ
   threshold; values tied with the threshold count), and
 * with ``rule="local-max"`` (the default): x_t > x_{t-1} and x_t >= x_{t+1}; an undefined
   or missing neighbour does not block. So peaks are the local maxima among the values TopQ

@@ -1,4 +1,4 @@
-"""METHOD.md sections 1-4 as pure functions: layers, head classes, WAAD, FAI, Delta, roles.
+"""docs/method.md sections 1-4 as pure functions: layers, head classes, WAAD, FAI, Delta, roles.
 
 Every function takes the reductions of one sequence restricted to its response (index 0 is
 the first response token) and returns plain tensors or index lists. "Undefined" values are
@@ -14,10 +14,12 @@ import numpy as np
 import torch
 
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.method.config import CreditConfig
+from attnrhythm.spans import parse_horizon  # noqa: F401  (the horizon of FAI, section 3)
 
 
 def round_half_up(x: float) -> int:
-    """Round to the nearest integer, halves away from zero for x >= 0 (METHOD.md's rounding)."""
+    """Round to the nearest integer, halves away from zero for x >= 0 (docs/method.md's rounding)."""
     return int(math.floor(x + 0.5))
 
 
@@ -61,26 +63,6 @@ def parse_layers(spec: str | list[int] | None, n_layers: int) -> list[int]:
     return sorted(layers)
 
 
-def parse_horizon(spec: str | tuple[int, int | None]) -> tuple[int, int | None]:
-    """``LO:HI`` or ``LO:end`` -> (lo, hi) with hi None for end; 0 <= lo <= hi."""
-    if isinstance(spec, tuple):
-        lo, hi = spec
-    else:
-        parts = spec.strip().split(":")
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            lo = int(parts[0])
-            hi = None if parts[1].strip().lower() == "end" else int(parts[1])
-        except ValueError:
-            raise AttnRhythmError(
-                f"bad FAI horizon {spec!r}: write LO:HI or LO:end with integers, e.g. 10:50"
-            ) from None
-    if lo < 0 or (hi is not None and hi < lo):
-        raise AttnRhythmError(f"bad FAI horizon {lo}:{'end' if hi is None else hi}: need 0 <= LO <= HI")
-    return int(lo), (None if hi is None else int(hi))
-
-
 # ---------------------------------------------------------------- heads (section 2)
 
 
@@ -93,7 +75,7 @@ class HeadClasses:
 
 
 def head_distance(span: torch.Tensor, rows: int) -> torch.Tensor:
-    """d[l,h]: mean over the ``rows`` response rows of sum_s A[t,s](t-s).
+    """d[l,h]: mean over the ``rows`` response rows of ``sum_s A[t,s] * (t-s)``.
 
     ``span`` (L, H) is that sum over the response rows (:attr:`stats.LayerReductions.span`).
     """
@@ -263,13 +245,13 @@ def find_roles(
     fai_values: torch.Tensor,
     delta_values: torch.Tensor,
     *,
-    q: float = 0.4,
-    k: int = 3,
+    q: float = CreditConfig.q,
+    k: int = CreditConfig.k,
     tau_waad: float | None = None,
     tau_delta: float | None = None,
     bottom: bool = False,
 ) -> Roles:
-    """Preplan = TopQ(Delta), anchor = TopQ(FAI), D and I(D) per METHOD.md section 4."""
+    """Preplan = TopQ(Delta), anchor = TopQ(FAI), D and I(D) per docs/method.md section 4."""
     if k < 1:
         raise AttnRhythmError(f"bad k {k}: the look-back for dominated anchors must be >= 1")
     preplan = top_q(delta_values, q, bottom=bottom)

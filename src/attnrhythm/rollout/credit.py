@@ -10,7 +10,7 @@ right-padded completions ``completion_ids``/``completion_mask`` (B, T). Two ways
   dummy trace), so no collective of the sharded forward waits forever.
 * :func:`capturing_rollout` (the *fused* credit) captures the same statistics in a forward that
   someone else runs over TRL's own layout ``cat(prompt, completion)`` (TRL's no-grad forward for
-  ``old_per_token_logps``), response rows weighted; no extra forward.
+  ``old_per_token_logps``, or its loss forward), response rows weighted; no extra forward.
 
 Either way :func:`credit_from_results` lays each sequence's gamma back onto the (B, T) completion
 grid: column j of row b is the credit of ``completion_ids[b, j]``, i.e. response token j of that
@@ -29,9 +29,9 @@ import torch
 from attnrhythm.analyze import Analyzer, TraceInput, TraceResult
 from attnrhythm.attention.capture import capturing
 from attnrhythm.attention.sharding import agreed_count
-from attnrhythm.method.credit import CreditConfig, gamma
+from attnrhythm.method.config import ROLE_NAMES, CreditConfig
+from attnrhythm.method.credit import gamma, normalize_gamma
 
-ROLE_NAMES: tuple[str, ...] = ("preplan", "anchor", "dominated", "intro")
 COUNT_KEYS: tuple[str, ...] = ("sequences", "analysed", "tokens", "gamma_sum", "amplified", *ROLE_NAMES)
 
 
@@ -69,6 +69,7 @@ class RolloutCredit:
 
     gamma: torch.Tensor  # (B, T) float32, 1 where no credit applies
     counts: dict[str, float] = field(default_factory=dict)
+    spans: list[torch.Tensor] = field(default_factory=list)  # head span d[l,h] of each analysed row
     row_counts: torch.Tensor | None = None
 
 
@@ -171,11 +172,16 @@ def credit_from_results(
     loss_mask: torch.Tensor | None = None,
     *,
     seed_base: tuple[int, int] = (0, 0),
+    seed_row_offset: int = 0,
 ) -> RolloutCredit:
     """Lay the analysed rows' gamma for ``strategy`` onto the (B, T) completion grid; count roles.
 
     ``results`` holds (row, result) for the analysed rows; every other row and every position
-    outside ``loss_mask`` (default ``completion_mask``) keeps gamma = 1.
+    outside ``loss_mask`` (default ``completion_mask``) keeps gamma = 1. The random baseline seeds
+    row b with ``seed_row_offset + b`` (a micro-batch's offset in its rollout batch, so that the
+    micro-batches of one step draw different subsets). With ``credit.gamma_norm == "mean"`` each row's
+    gamma has mean 1 over its ``loss_mask`` tokens, the gamma
+    :func:`~attnrhythm.method.credit.shape_advantages` then applies (and the counts log).
     """
     bsz, width = completion_ids.shape
     out = torch.ones(bsz, width, dtype=torch.float32)
@@ -189,7 +195,8 @@ def credit_from_results(
     }
     for b, res in results:
         if strategy == "random":  # a fresh subset per sequence, not the record's fixed seed
-            cfg = replace(credit, seed=sequence_seed(credit.seed, seed_base[0], seed_base[1], b))
+            seed = sequence_seed(credit.seed, seed_base[0], seed_base[1], seed_row_offset + b)
+            cfg = replace(credit, seed=seed)
             g = gamma(strategy, waad=res.waad, fai=res.fai, delta=res.delta, entropy=res.entropy, config=cfg)
         else:
             g = res.gamma[strategy]  # computed by the analyzer with this same credit config
@@ -201,11 +208,14 @@ def credit_from_results(
             idx = getattr(res.roles, name)
             if idx:
                 counts[name] += float(row_mask[torch.tensor(idx, dtype=torch.long)].sum())
-    out = torch.where(lm, out, torch.ones_like(out))  # masked positions: no credit
+    # masked positions: no credit; gamma_norm "mean": mean 1 over each row's loss tokens (the
+    # analysis normalised over the whole response, the loss mask may be narrower, e.g. tool output)
+    out = normalize_gamma(out, lm, credit.gamma_norm)
     counts["gamma_sum"] = float(out[lm].sum())
     counts["amplified"] = float((out[lm] > 1).sum())
+    spans = [res.distance for _, res in results]
     rows = row_counts(out, lm, results)
-    return RolloutCredit(gamma=out.to(completion_ids.device), counts=counts, row_counts=rows)
+    return RolloutCredit(gamma=out.to(completion_ids.device), counts=counts, spans=spans, row_counts=rows)
 
 
 def row_counts(
@@ -231,9 +241,15 @@ def row_counts(
 
 @dataclass
 class FusedChunk:
-    """What :func:`capturing_rollout` found: (row, result) per analysed row of the chunk."""
+    """What :func:`capturing_rollout` found: (row, result) per analysed row of the chunk.
+
+    ``entropy``: set it inside the block to the forward's (B, C) completion entropies (column j:
+    the entropy of the distribution that produced completion token j, untempered) to give the
+    results their entropy and the ``entropy`` strategy's gamma.
+    """
 
     results: list[tuple[int, TraceResult]] = field(default_factory=list)
+    entropy: torch.Tensor | None = None
 
 
 @contextmanager
@@ -244,6 +260,7 @@ def capturing_rollout(
     logits_to_keep: int,
     *,
     row_offset: int = 0,
+    keep_model_output: bool = False,
 ) -> Iterator[FusedChunk]:
     """Capture the analysis in whatever forward of ``analyzer.model`` runs inside the block.
 
@@ -252,8 +269,10 @@ def capturing_rollout(
     forward inside the block must be over exactly this batch (e.g. TRL's ``old_per_token_logps``
     forward). Response rows (the completion up to its last unmasked token) are weighted; rows that
     :func:`rollout_traces` would leave out are not analysed. After the block, ``.results`` holds
-    (``row_offset`` + row, result); the ``entropy`` strategy's gamma is not among them (it needs the
-    logits, which the capture does not see).
+    (``row_offset`` + row, result); the ``entropy`` strategy's gamma is among them only when the
+    block sets ``found.entropy`` (the capture does not see the logits). ``keep_model_output``: every
+    layer's output stays SDPA's, so the forward computes exactly what it computes without the
+    capture (for a loss forward; see ``Capture.own_output``).
     """
     width = input_ids.shape[1]
     p = width - logits_to_keep
@@ -263,12 +282,17 @@ def capturing_rollout(
     row_weight = torch.zeros(input_ids.shape, dtype=torch.float32)
     for b, trace in todo:
         row_weight[b, p : p + len(trace.input_ids) - trace.response_start] = 1.0
-    capture = analyzer.new_capture(row_weight.to(input_ids.device))
+    capture = analyzer.new_capture(row_weight.to(input_ids.device), live=attention_mask)
+    capture.own_output = not keep_model_output
     found = FusedChunk()
     with capturing(capture):
         yield found
     if todo:
+        entropy = None
+        if found.entropy is not None:
+            ent = found.entropy.detach().float().cpu()
+            entropy = [ent[b, : len(trace.input_ids) - trace.response_start] for b, trace in todo]
         results = analyzer.results_from_capture(
-            capture, [trace for _, trace in todo], [b for b, _ in todo], [p] * len(todo)
+            capture, [trace for _, trace in todo], [b for b, _ in todo], [p] * len(todo), entropy=entropy
         )
         found.results = [(row_offset + b, res) for (b, _), res in zip(todo, results)]

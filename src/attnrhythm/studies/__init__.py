@@ -1,4 +1,4 @@
-"""The paper's mechanism studies (METHOD.md section 6), reproducible on any causal LM.
+"""The paper's mechanism studies (docs/method.md section 6), reproducible on any causal LM.
 
 * :mod:`.couplings` -- Table 2: entropy at WAAD peaks, receiver-head vs global-head FAI
   peaks, FAI peaks at or right after WAAD peaks; observed vs random, lift, bootstrap

@@ -45,7 +45,7 @@ from attnrhythm.studies.statistics import RatioParts, random_subsets, summarise
 NULLS = ("shift", "uniform")
 COUPLINGS = ("entropy_at_waad_peaks", "receiver_vs_global_fai_peaks", "fai_after_waad_peaks")
 
-#: METHOD.md section 6 (Table 2: 70 GSM8K questions, Qwen3-4B-Base, T = 0.7)
+#: docs/method.md section 6 (Table 2: 70 GSM8K questions, Qwen3-4B-Base, T = 0.7)
 PAPER = {
     "entropy_at_waad_peaks": {"observed": 0.3608, "random": 0.2386, "lift": 0.5197},
     "receiver_vs_global_fai_peaks": {"observed": 0.6084, "random": 0.2241, "lift": 1.7149},

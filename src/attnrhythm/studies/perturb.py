@@ -36,6 +36,7 @@ import torch
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.generate import generate
+from attnrhythm.padding import left_pad
 from attnrhythm.studies.statistics import bootstrap_mean_ci, sign_test, wilson_interval
 
 #: Function words ignored by the content-word Jaccard: articles, pronouns, auxiliaries,
@@ -111,13 +112,7 @@ def pick_positions(fai: list[Any], margin: int) -> tuple[int, int] | str:
 def _next_token_candidates(model: Any, prefixes: list[list[int]], pad_id: int) -> torch.Tensor:
     """Next-token log-probabilities after each prefix, (B, vocab), one left-padded forward."""
     device = next(model.parameters()).device
-    length = max(len(p) for p in prefixes)
-    ids = torch.full((len(prefixes), length), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, p in enumerate(prefixes):
-        ids[b, length - len(p) :] = torch.tensor(p)
-        mask[b, length - len(p) :] = 1
-    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    ids, mask, position_ids = left_pad(prefixes, pad_id)
     inputs = {
         "input_ids": ids.to(device),
         "attention_mask": mask.to(device),
@@ -140,9 +135,16 @@ def alternatives(logp: torch.Tensor, original: int, k: int, banned: set[int]) ->
 
 
 def perturb_record(
-    model: Any, tokenizer: Any, record: dict[str, Any], config: PerturbConfig
+    model: Any,
+    tokenizer: Any,
+    record: dict[str, Any],
+    config: PerturbConfig,
+    known: dict[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One trial: positions, alternatives, continuations and Jaccard overlaps (see module doc)."""
+    """One trial: positions, alternatives, continuations and Jaccard overlaps (see module doc).
+
+    ``known``: position -> the entry an earlier trial of the same token sequence computed there
+    (with its ``config``); such a position is reused when its config equals ``config``."""
     key = str(record.get("key", record.get("id", "?")))
     ids = [int(i) for i in record["input_ids"]]
     r0 = int(record["response_start"])
@@ -157,7 +159,16 @@ def perturb_record(
         return trial
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     banned = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
-    positions = {"high": picked[0], "low": picked[1]}
+    chosen = {"high": picked[0], "low": picked[1]}
+    reused = {}
+    for which, s in chosen.items():
+        entry = (known or {}).get(s)
+        if entry is not None and entry.get("config") == asdict(config):
+            reused[which] = {k: v for k, v in entry.items() if k != "config"} | {"fai": float(fai[s])}
+    positions = {which: s for which, s in chosen.items() if which not in reused}
+    trial.update(reused)
+    if not positions:
+        return trial
     logps = _next_token_candidates(model, [ids[: r0 + s] for s in positions.values()], pad_id)
     batch: list[list[int]] = []
     layout: list[tuple[str, int]] = []  # (which, alternative index; -1 = original token)

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from attnrhythm.analyze import AnalysisConfig
+from attnrhythm.analyze import AnalysisConfig, Analyzer, TraceInput
 from attnrhythm.errors import AttnRhythmError
-from attnrhythm.records import InputItem, ResumableWriter, read_records
+from attnrhythm.records import InputItem, ResumableWriter, read_records, write_json_atomic, write_text_atomic
 from attnrhythm.runner import GenerationConfig, analyze_items
 from attnrhythm.studies.couplings import PeakSpec, TraceSeries, couplings
 from attnrhythm.studies.outputs import (
@@ -29,8 +29,6 @@ from attnrhythm.studies.outputs import (
     couplings_plot,
     perturb_markdown,
     perturb_plot,
-    write_json_atomic,
-    write_text_atomic,
 )
 from attnrhythm.studies.perturb import PerturbConfig, perturb_record, summarise_trials
 from attnrhythm.studies.problems import problem_set
@@ -162,6 +160,51 @@ def check_records(records: list[dict[str, Any]], source: Path | str) -> None:
             )
 
 
+def reanalysed_records(
+    model: Any,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    analysis: AnalysisConfig,
+    out: Path,
+    *,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """The same token sequences analysed again under ``analysis`` (e.g. ``sinks="exclude"``),
+    resumable in ``out/records.jsonl``; every other field of a record (key, answer, ...) is kept."""
+    analyzer = Analyzer(model, analysis)
+    keys = [str(r.get("key", r.get("id", i))) for i, r in enumerate(records)]
+    with ResumableWriter(out / "records.jsonl") as writer:
+        todo = [(k, r) for k, r in zip(keys, records) if not writer.done(k)]
+        done = len(records) - len(todo)
+        for i in range(0, len(todo), max(1, batch_size)):
+            chunk = todo[i : i + batch_size]
+            traces = [TraceInput([int(t) for t in r["input_ids"]], int(r["response_start"])) for _, r in chunk]  # noqa: E501
+            for (key, old), result in zip(chunk, analyzer.analyze(traces)):
+                writer.write({**old, **result.to_record(tokenizer), "key": key})
+            done += len(chunk)
+            if progress:
+                progress("re-analysing", done, len(records))
+    by_key = {str(r["key"]): r for r in read_records(out / "records.jsonl")}
+    return [{**by_key[k], **{f: r[f] for f in ("correct",) if f in r}} for k, r in zip(keys, records)]
+
+
+def known_continuations(path: Path | None) -> dict[str, dict[int, dict[str, Any]]]:
+    """key -> position -> the high/low entry of an earlier perturb run's ``trials.jsonl``."""
+    known: dict[str, dict[int, dict[str, Any]]] = {}
+    if path is None:
+        return known
+    for trial in read_records(path):
+        for which in ("high", "low"):
+            entry = trial.get(which)
+            if isinstance(entry, dict) and "position" in entry:
+                known.setdefault(str(trial["key"]), {})[int(entry["position"])] = {
+                    **entry,
+                    "config": {f: trial.get(f) for f in ("top_k", "horizon", "margin", "reference")},
+                }
+    return known
+
+
 def run_meta(model_name: str, sample: SampleConfig | None, records: list[dict[str, Any]]) -> dict[str, Any]:
     meta: dict[str, Any] = {"model": model_name, "responses": len(records)}
     if sample is not None:
@@ -208,8 +251,14 @@ def run_perturb(
     seed: int = 0,
     run: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    reuse: Path | None = None,
 ) -> dict[str, Any]:
-    """One perturbation trial per record (resumable, ``trials.jsonl``), then the summary files."""
+    """One perturbation trial per record (resumable, ``trials.jsonl``), then the summary files.
+
+    ``reuse``: the ``trials.jsonl`` of an earlier run with the same settings on the same responses
+    (e.g. the keep-sinks run before the exclude-sinks one): a position perturbed there is not
+    decoded again (greedy continuations of the same prefix are the same)."""
+    known = known_continuations(reuse)
     out.mkdir(parents=True, exist_ok=True)
     keys = [str(r.get("key", r.get("id"))) for r in records]
     with ResumableWriter(out / "trials.jsonl") as writer:
@@ -218,7 +267,7 @@ def run_perturb(
         if progress:
             progress("perturbing", done, len(records))
         for key, record in todo:
-            trial = perturb_record(model, tokenizer, {**record, "key": key}, config)
+            trial = perturb_record(model, tokenizer, {**record, "key": key}, config, known=known.get(key))
             writer.write(trial)
             done += 1
             if progress:
@@ -234,6 +283,3 @@ def run_perturb(
     write_text_atomic(out / "results.md", perturb_markdown(results))
     perturb_plot(results, trials, out / "perturb.png")
     return results
-
-
-

@@ -46,7 +46,7 @@ class ArithmeticTask:
 
     n_terms: tuple[int, int] = (2, 2)
     min_operand: int = 1
-    max_operand: int = 20
+    max_operand: int = 50  # 2 terms in 1..50 with + and -: 5000 distinct expressions (training draws 1000)
     ops: str = "+-"
     boxed_only: bool = True
     name: str = field(default="arithmetic", init=False)
@@ -68,6 +68,13 @@ class ArithmeticTask:
     def examples(self, n: int, seed: int = 0) -> list[dict[str, Any]]:
         if n < 0:
             raise AttnRhythmError(f"n={n} is negative: ask for zero or more examples")
+        if n > self.capacity():
+            raise AttnRhythmError(
+                f"the arithmetic task has only {self.capacity()} distinct expressions with n_terms="
+                f"{list(self.n_terms)}, operands {self.min_operand}..{self.max_operand} and ops "
+                f"{self.ops!r}: "
+                "ask for at most that many (--n-train) or widen them (--task-option max_operand=100)"
+            )
         rng = random.Random(seed)
         seen: set[str] = set()
         out: list[dict[str, Any]] = []
@@ -95,6 +102,14 @@ class ArithmeticTask:
                 }
             )
         return out
+
+    def capacity(self) -> int:
+        """How many distinct expressions these options allow."""
+        values = self.max_operand - self.min_operand + 1
+        return sum(
+            values**count * len(set(self.ops)) ** (count - 1)
+            for count in range(self.n_terms[0], self.n_terms[1] + 1)
+        )
 
     def reward(self, completion: str, example: dict[str, Any]) -> float:
         if "answer" not in example:

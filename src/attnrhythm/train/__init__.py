@@ -1,4 +1,4 @@
-"""GRPO training with attention-rhythm credit (METHOD.md section 5) on top of TRL.
+"""GRPO training with attention-rhythm credit (docs/method.md section 5) on top of TRL.
 
 Needs the ``train`` extra (``pip install 'attnrhythm[train]'``: TRL 1.16, accelerate, datasets)::
 
@@ -23,10 +23,8 @@ trainer class is loaded on first access.
 
 from __future__ import annotations
 
-from typing import Any
-
-from attnrhythm.rollout.credit import ROLE_NAMES, RolloutCredit, rollout_gamma
-from attnrhythm.train.config import RhythmCreditConfig
+from attnrhythm.lazy import lazy_exports
+from attnrhythm.rollout.config import RhythmCreditConfig
 from attnrhythm.train.rewards import completion_text, task_reward_func
 
 __all__ = [
@@ -40,9 +38,13 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "RhythmGRPOTrainer":
-        from attnrhythm.train.credit_trainer import RhythmGRPOTrainer
+# loaded on first access: torch (rollout credit) and TRL (the trainer) only when used
+_LAZY = {
+    "ROLE_NAMES": "attnrhythm.rollout.credit",
+    "RolloutCredit": "attnrhythm.rollout.credit",
+    "rollout_gamma": "attnrhythm.rollout.credit",
+    "RhythmGRPOTrainer": "attnrhythm.train.credit_trainer",
+}
 
-        return RhythmGRPOTrainer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -1,15 +1,14 @@
-"""Configuration of the attention-rhythm credit used during GRPO training (no TRL needed here)."""
+"""TRL-only parts of the rhythm credit settings (no TRL needed to import them).
+
+The settings themselves, :class:`~attnrhythm.rollout.config.RhythmCreditConfig`, are
+engine-neutral (verl reads them too) and live in :mod:`attnrhythm.rollout.config`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from attnrhythm.rollout.config import CREDIT_FORWARDS, RhythmCreditConfig
 
-from attnrhythm.analyze import AnalysisConfig, load_heads_file
-from attnrhythm.errors import AttnRhythmError
-from attnrhythm.method.credit import STRATEGIES, CreditConfig
-from attnrhythm.method.rhythm import parse_horizon
-
-CREDIT_FORWARDS: tuple[str, ...] = ("auto", "fused", "separate")
+__all__ = ["CREDIT_FORWARDS", "RhythmCreditConfig", "trl_runs_old_logps_forward"]
 
 
 def trl_runs_old_logps_forward(
@@ -23,110 +22,3 @@ def trl_runs_old_logps_forward(
     """
     return gradient_accumulation_steps % (steps_per_generation * num_iterations) != 0 or vllm_is
 
-
-FUSED_NEEDS_OLD_LOGPS = (
-    "credit_forward 'fused' needs TRL's old-logprob forward, which these settings skip (num_iterations "
-    "is 1 and gradient accumulation divides the generation period): use 'auto' or 'separate', or "
-    "num_iterations > 1"
-)
-
-
-@dataclass
-class RhythmCreditConfig:
-    """How :class:`RhythmGRPOTrainer` turns a policy's attention into per-token credit.
-
-    Attributes:
-        strategy: one of ``none``, ``random``, ``entropy``, ``local``, ``global``, ``coupled``
-            (METHOD.md section 5). ``none`` is plain GRPO: no credit forward at all.
-        q, amp, alpha, k, tau_waad, tau_delta, selection, seed: the fields of
-            :class:`~attnrhythm.method.credit.CreditConfig` (``selection="bottom"`` is the ablation;
-            ``seed`` seeds the random baseline, which draws a fresh subset per sequence).
-        layers, window, fai_horizon, head_quantile: the analysis parameters of
-            :class:`~attnrhythm.analyze.AnalysisConfig` (METHOD.md sections 1-3).
-        heads: a fixed head set file (``--heads``: a ``heads.json`` of ``attnrhythm heads``, or a
-            JSON with ``local``/``global`` [layer, head] lists); None classifies heads per sequence.
-        tile_size, logits_chunk: memory knobs of the streaming capture.
-        batch_size: sequences per credit forward pass (the batch is cut into chunks of this size).
-        credit_forward: where the attention statistics come from. ``separate``: one extra no-grad
-            forward of the policy per rollout batch. ``fused``: captured inside the no-grad forward
-            TRL itself runs for ``old_per_token_logps`` (when ``num_iterations > 1``, when gradient
-            accumulation does not divide the generation period, or with vLLM importance-sampling
-            correction), so no extra forward; an error when TRL runs no such forward or for the
-            ``entropy`` strategy (its entropy needs the untempered logits of its own forward).
-            ``auto`` (default): ``fused`` where possible, else ``separate``.
-    """
-
-    strategy: str = "coupled"
-    # CreditConfig
-    q: float = 0.4
-    amp: float = 1.5
-    alpha: float = 0.5
-    k: int = 3
-    tau_waad: float | None = None
-    tau_delta: float | None = None
-    selection: str = "top"
-    seed: int = 0
-    # AnalysisConfig
-    layers: str | list[int] = "mid5"
-    window: int = 10
-    fai_horizon: str | tuple[int, int | None] = (10, 50)
-    head_quantile: float = 0.3
-    heads: str | None = None
-    tile_size: int | None = None
-    logits_chunk: int = AnalysisConfig.logits_chunk
-    # the credit forward
-    batch_size: int = 8
-    credit_forward: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise AttnRhythmError(
-                f"unknown credit strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}"
-            )
-        if self.credit_forward not in CREDIT_FORWARDS:
-            raise AttnRhythmError(
-                f"bad credit forward {self.credit_forward!r}: use one of {', '.join(CREDIT_FORWARDS)}"
-            )
-        if self.credit_forward == "fused" and self.strategy == "entropy":
-            raise AttnRhythmError(
-                "credit_forward 'fused' cannot give the entropy strategy its entropy (TRL's forward "
-                "keeps tempered log-probs only): use 'auto' or 'separate'"
-            )
-        if self.batch_size < 1:
-            raise AttnRhythmError(f"bad credit batch size {self.batch_size}: it must be >= 1")
-        if not 0 < self.head_quantile <= 0.5:
-            raise AttnRhythmError(f"bad head quantile {self.head_quantile}: it must be in (0, 0.5]")
-        self.fai_horizon = parse_horizon(self.fai_horizon)
-        # validate the rest by building the configs once
-        self.credit_config()
-        self.analysis_config()
-
-    def credit_config(self) -> CreditConfig:
-        return CreditConfig(
-            q=self.q,
-            amp=self.amp,
-            alpha=self.alpha,
-            k=self.k,
-            tau_waad=self.tau_waad,
-            tau_delta=self.tau_delta,
-            selection=self.selection,
-            seed=self.seed,
-        )
-
-    def analysis_config(self) -> AnalysisConfig:
-        # receiver heads are a study-only metric: receiver_count=0 keeps them out of the credit forward
-        fixed = heads_layers = None
-        if self.heads is not None:
-            heads_layers, fixed = load_heads_file(self.heads)
-        return AnalysisConfig(
-            layers=self.layers,
-            window=self.window,
-            fai_horizon=self.fai_horizon,
-            head_quantile=self.head_quantile,
-            heads=fixed,
-            heads_layers=heads_layers,
-            credit=self.credit_config(),
-            tile_size=self.tile_size,
-            logits_chunk=self.logits_chunk,
-            receiver_count=0,
-        )

@@ -39,7 +39,9 @@ The run directory (``output_dir``) holds:
 
   With ``logging_steps > 1`` the values are TRL's averages over the logged steps and
   ``seconds_per_step`` is the mean over them;
-* ``checkpoint-N/``: Hugging Face Trainer checkpoints every ``save_steps`` steps (0: none);
+* ``checkpoint-N/``: Hugging Face Trainer checkpoints every ``save_steps`` steps (0: none); with
+  ``heads: refresh:K`` each (and ``final/``) holds ``rhythm_heads.json``, the head set in use and
+  the spans collected for the next refresh, which ``--resume`` restores (docs/training.md);
 * ``final/``: the trained model and tokenizer (``save_pretrained``), loadable with ``--model``;
 * ``reward_curve.png``: reward and accuracy per step.
 
@@ -50,7 +52,6 @@ dropped first, so every step appears once.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -61,9 +62,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnrhythm.config import ModelSettings
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.records import write_text_atomic
+from attnrhythm.rollout.config import RhythmCreditConfig
+from attnrhythm.settings import Composed, build, declared, default, flat_names, nested, setting
 from attnrhythm.tasks import Task, get_task
-from attnrhythm.train.config import FUSED_NEEDS_OLD_LOGPS, RhythmCreditConfig, trl_runs_old_logps_forward
 from attnrhythm.train.rewards import completion_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -73,20 +77,23 @@ FINAL_DIR = "final"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-@dataclass
-class TrainSettings:
-    """Everything one training run needs. YAML files use these field names as keys.
+@dataclass(init=False)
+class TrainSettings(Composed):
+    """Everything one training run needs, composed of the rhythm credit settings.
+
+    YAML files and :meth:`replace` use flat keys: these fields, and every setting of
+    :class:`~attnrhythm.rollout.config.RhythmCreditConfig` by its own name (``strategy``, ``q``,
+    ``window``, ``fai_horizon``, ``heads``, ...; ``rhythm_options: {name: value}`` is accepted
+    too). ``seed`` is the trainer's; the random baseline's seed follows it unless
+    ``rhythm_options`` sets ``seed``.
 
     Attributes:
         task, task_options: the task name and the keyword arguments of its class
             (e.g. ``{"n_numbers": [2, 2], "max_number": 10}`` for countdown).
-        strategy, selection, q, amp, alpha, k: the credit (METHOD.md section 5).
-        rhythm_options: further :class:`RhythmCreditConfig` fields (``window``, ``fai_horizon``,
-            ``layers``, ``batch_size``, ...).
-        credit_forward: ``auto`` (default), ``fused`` or ``separate``: whether the attention
-            statistics are captured in TRL's own old-logprob forward (run when ``num_iterations``
-            > 1) or come from a separate credit forward (see :class:`RhythmCreditConfig`).
-        model: ``embedded``, a checkpoint directory, a ``.gguf`` file or a cached hub id.
+        rhythm: the credit (:class:`RhythmCreditConfig`: strategy, credit forward, analysis and
+            credit parameters; docs/method.md sections 1-5).
+        load: the model (``model``: ``embedded``, a checkpoint directory, a ``.gguf`` file or a
+            cached hub id) and ``device`` (``auto``: CUDA when available, ``cpu`` or ``cuda``).
         steps: optimiser steps (``max_steps``).
         learning_rate: 1e-5 by default, so that a few dozen CPU steps move the policy; the paper
             trains with 1e-6 for thousands of steps. No KL term (``beta`` 0) as in the paper.
@@ -99,40 +106,49 @@ class TrainSettings:
         seed: TRL/Trainer seed (sampler order, generation); data_seed: the examples drawn.
         n_train: training examples drawn from the task.
         save_steps: checkpoint every this many steps (0: no intermediate checkpoints).
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         chat: chat-format prompts when the tokenizer has a chat template.
         grpo_options: further ``trl.GRPOConfig`` fields, passed through as given.
     """
 
-    task: str = "countdown"
+    task: str = setting(
+        "countdown",
+        help="countdown, wordproblems, arithmetic, math, or rg:NAME[:KEY=VALUE,...] (a reasoning-gym "
+        "dataset).",
+        short="-t",
+    )
     task_options: dict[str, Any] = field(default_factory=dict)
-    strategy: str = "coupled"
-    selection: str = "top"
-    q: float = 0.4
-    amp: float = 1.5
-    alpha: float = 0.5
-    k: int = 3
-    rhythm_options: dict[str, Any] = field(default_factory=dict)
-    credit_forward: str = "auto"
-    model: str = "embedded"
-    output_dir: str = "runs/train"
-    steps: int = 50
-    learning_rate: float = 1e-5
-    beta: float = 0.0
-    num_generations: int = 4
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    num_iterations: int = 1
-    max_completion_length: int = 128
-    temperature: float = 1.0
-    seed: int = 0
-    data_seed: int = 0
-    n_train: int = 1000
-    save_steps: int = 0
-    logging_steps: int = 1
-    device: str = "auto"
-    chat: bool = True
+    rhythm: RhythmCreditConfig = nested(RhythmCreditConfig)
+    load: ModelSettings = nested(ModelSettings)
+    output_dir: str = setting(
+        "runs/train", help="Run directory (metrics, checkpoints, final/).", flag="--out", short="-o"
+    )
+    steps: int = setting(50, help="Optimiser steps.")
+    learning_rate: float = setting(1e-5, help="AdamW learning rate.")
+    beta: float = setting(0.0, help="KL coefficient (0: no KL term, as in the paper).")
+    num_generations: int = setting(4, help="Completions per prompt (the GRPO group).")
+    per_device_train_batch_size: int = setting(
+        8, help="Completions per step (a multiple of --num-generations).", flag="--batch-size"
+    )
+    gradient_accumulation_steps: int = setting(1, help="Gradient accumulation steps.")
+    num_iterations: int = setting(1, help="Optimiser passes over each rollout batch (TRL's num_iterations).")
+    max_completion_length: int = setting(
+        128, help="Tokens generated per completion at most.", flag="--max-new-tokens"
+    )
+    temperature: float = setting(1.0, help="Sampling temperature in training.")
+    seed: int = setting(0, help="Trainer seed (data order, sampling; the random baseline's too).")
+    data_seed: int = setting(0, help="Seed of the training examples.")
+    n_train: int = setting(1000, help="Training examples drawn from the task.")
+    save_steps: int = setting(0, help="Checkpoint every N steps (0: none).")
+    logging_steps: int = setting(1, help="Log (metrics.jsonl) every N steps.")
+    chat: bool = setting(
+        True, help="Wrap the prompt in the model's chat template (when it has one).", flag="--chat/--no-chat"
+    )
     grpo_options: dict[str, Any] = field(default_factory=dict)
+
+    _source = "settings"
+
+    def __init__(self, rhythm_options: dict[str, Any] | None = None, **values: Any) -> None:
+        self._init(_with_rhythm_options(values, rhythm_options), self._source)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -140,41 +156,46 @@ class TrainSettings:
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        return [*flat_names(cls), "rhythm_options"]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "settings") -> TrainSettings:
         if not isinstance(data, dict):
             raise AttnRhythmError(f"{source} must be a mapping of setting names to values, e.g. 'steps: 20'")
-        known = set(cls.field_names())
-        unknown = [key for key in data if key not in known]
-        if unknown:
-            raise AttnRhythmError(
-                f"unknown setting '{unknown[0]}' in {source}: valid keys are {', '.join(cls.field_names())}"
-            )
+        values = dict(data)
         try:
-            return cls(**data)
+            return build(cls, _with_rhythm_options(values, values.pop("rhythm_options", None)), source=source)
         except TypeError as err:  # pragma: no cover - every key is a field, so only odd values land here
             raise AttnRhythmError(f"bad settings in {source} ({err}): check the value types") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainSettings:
-        """Settings from a YAML mapping whose keys are field names (unknown keys are an error)."""
+        """Settings from a YAML mapping of flat keys (unknown keys are an error)."""
         return cls.from_dict(read_yaml(path), source=str(path))
 
     def replace(self, **overrides: Any) -> TrainSettings:
-        """A copy with the given fields replaced; ``None`` values are ignored (flags not given)."""
+        """A copy with the given settings (flat keys) replaced; ``None`` (a flag not given) is ignored."""
         values = {key: value for key, value in overrides.items() if value is not None}
         return self.from_dict({**self.to_dict(), **values}, source="the overrides")
 
+    @property
+    def rhythm_options(self) -> dict[str, Any]:
+        """The rhythm credit settings by flat name (the random baseline's ``seed`` included)."""
+        return self.rhythm.flat()
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The flat form (what ``settings.yaml`` holds): every setting once, by its own name."""
+        out = {k: v for k, v in self.flat().items() if k != "heads_layers"}
+        credit_seed = self.rhythm.analysis.credit.seed
+        if credit_seed != self.seed:
+            out["rhythm_options"] = {"seed": credit_seed}
+        return out
 
     def to_yaml(self, path: str | Path) -> None:
         import yaml
 
         text = yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
-        _atomic_write(Path(path), text)
+        write_text_atomic(Path(path), text)
 
     # -- checks and derived objects ---------------------------------------------------------
     def validate(self) -> None:
@@ -211,47 +232,20 @@ class TrainSettings:
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise AttnRhythmError(f"bad device {self.device!r}: use auto, cpu or cuda")
-        for name in ("task_options", "rhythm_options", "grpo_options"):
+        for name in ("task_options", "grpo_options"):
             if not isinstance(getattr(self, name), dict):
                 raise AttnRhythmError(f"bad {name}: it must be a mapping, e.g. {name}: {{key: value}}")
         if not str(self.output_dir).strip():
             raise AttnRhythmError("empty output_dir: pass a run directory with --out")
         self.make_task()
-        rhythm = self.rhythm_config()
-        if rhythm.credit_forward == "fused" and rhythm.strategy != "none":
-            grpo = self.grpo_options
-            accumulation = grpo.get("gradient_accumulation_steps", self.gradient_accumulation_steps)
-            if not trl_runs_old_logps_forward(
-                accumulation,
-                grpo.get("steps_per_generation") or accumulation,
-                grpo.get("num_iterations", self.num_iterations),
-                bool(grpo.get("use_vllm")) and grpo.get("vllm_importance_sampling_correction", True),
-            ):
-                raise AttnRhythmError(FUSED_NEEDS_OLD_LOGPS)
+        self.rhythm_config()  # where the credit forward runs is resolved by the trainer
 
     def make_task(self) -> Task:
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in self.task_options.items()}
         return get_task(self.task, **options)
 
     def rhythm_config(self) -> RhythmCreditConfig:
-        known = {f.name for f in dataclasses.fields(RhythmCreditConfig)}
-        unknown = sorted(set(self.rhythm_options) - known)
-        if unknown:
-            raise AttnRhythmError(
-                f"unknown rhythm option '{unknown[0]}': valid ones are {', '.join(sorted(known))}"
-            )
-        options = dict(self.rhythm_options)
-        if isinstance(options.get("fai_horizon"), list):
-            options["fai_horizon"] = tuple(options["fai_horizon"])
-        return RhythmCreditConfig(
-            strategy=self.strategy,
-            selection=self.selection,
-            q=self.q,
-            amp=self.amp,
-            alpha=self.alpha,
-            k=self.k,
-            **{"seed": self.seed, "credit_forward": self.credit_forward, **options},
-        )
+        return self.rhythm
 
     def use_cpu(self) -> bool:
         import torch
@@ -261,6 +255,26 @@ class TrainSettings:
                 "device cuda was asked for but this machine has no CUDA GPU: use --device cpu"
             )
         return self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())
+
+
+def _with_rhythm_options(values: dict[str, Any], options: dict[str, Any] | None) -> dict[str, Any]:
+    """Flat values with ``rhythm_options`` folded into the nested rhythm settings.
+
+    The random baseline's seed follows the trainer's ``seed`` unless ``rhythm_options`` sets it.
+    """
+    if options is not None and not isinstance(options, dict):
+        raise AttnRhythmError("bad rhythm_options: it must be a mapping, e.g. rhythm_options: {window: 4}")
+    options = dict(options or {})
+    known = set(declared(RhythmCreditConfig))
+    unknown = sorted(set(options) - known)
+    if unknown:
+        valid = ", ".join(sorted(known))
+        raise AttnRhythmError(f"unknown rhythm option '{unknown[0]}': valid ones are {valid}")
+    rhythm = values.pop("rhythm", None)
+    base = rhythm.flat() if isinstance(rhythm, RhythmCreditConfig) else dict(rhythm or {})
+    if "seed" not in options and "seed" not in base:
+        options["seed"] = values.get("seed", default(TrainSettings, "seed"))
+    return {**values, "rhythm": {**base, **options}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,13 +312,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     """``(step, path)`` of every ``checkpoint-N`` directory, oldest first."""
     root = Path(output_dir)
@@ -334,7 +341,7 @@ def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
 
 def _truncate_metrics(output_dir: Path, last_step: int) -> None:
     kept = [r for r in read_metrics(output_dir) if int(r.get("step", 0)) <= last_step]
-    _atomic_write(output_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+    write_text_atomic(output_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def plot_reward_curve(records: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
@@ -422,8 +429,32 @@ class _AccuracyReward:
         return value
 
 
+NO_SIGNAL_STEPS = 3  # logged steps without reward signal before a run warns
+
+
+def no_signal_warning(records: list[dict[str, Any]], steps: int = NO_SIGNAL_STEPS) -> str | None:
+    """A warning when the last ``steps`` logged steps (all of them, if fewer) had no reward signal.
+
+    No signal: every completion of each GRPO group got the same reward (``reward_std`` 0), so
+    every advantage is 0 and the step changes nothing.
+    """
+    last = records[-steps:]
+    if not last or any((r.get("reward_std") or 0.0) > 0 for r in last):
+        return None
+    mean = last[-1].get("reward_mean")
+    reward = f"reward {mean:.3f}" if isinstance(mean, (int, float)) else "the same reward"
+    return (
+        f"no reward signal in the last {len(last)} step(s) (every completion of each group got {reward}): "
+        "the advantages are 0 and nothing is learned; use an easier task (e.g. --task arithmetic), more "
+        "completions per prompt (--num-generations) or a longer --max-new-tokens"
+    )
+
+
 def _metrics_callback(
-    path: Path, reward: _AccuracyReward, progress: Callable[[int, int], None] | None
+    path: Path,
+    reward: _AccuracyReward,
+    progress: Callable[[int, int], None] | None,
+    warn: Callable[[str], None] | None = None,
 ) -> Any:
     from transformers import TrainerCallback
 
@@ -433,6 +464,8 @@ def _metrics_callback(
         def __init__(self) -> None:
             self.started: float | None = None
             self.durations: list[float] = []
+            self.logged: list[dict[str, Any]] = []
+            self.warned = False
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.started = time.perf_counter()
@@ -467,6 +500,11 @@ def _metrics_callback(
             with path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(_jsonable(record)) + "\n")
                 fh.flush()
+            self.logged.append(record)
+            message = no_signal_warning(self.logged) if len(self.logged) >= NO_SIGNAL_STEPS else None
+            if message is not None and warn is not None and not self.warned:
+                self.warned = True
+                warn(message)
 
     return MetricsCallback()
 
@@ -562,6 +600,7 @@ def train(
     progress: Callable[[int, int], None] | None = None,
     model: Any = None,
     tokenizer: Any = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run GRPO with rhythm credit as ``settings`` say (see the module docstring).
 
@@ -570,6 +609,8 @@ def train(
         overwrite: start afresh in an ``output_dir`` that already holds a run (its metrics are
             cleared; without it such a directory is an error, so no run is mixed with another).
         progress: called as ``progress(step, max_steps)`` after each optimiser step.
+        warn: called once with :func:`no_signal_warning`'s line when the reward gives no signal for
+            ``NO_SIGNAL_STEPS`` logged steps in a row.
         model, tokenizer: an already loaded policy (default: ``load_model(settings.model)``).
 
     Returns a summary: ``output_dir``, ``steps`` (the final global step), ``final`` (the saved model
@@ -611,7 +652,7 @@ def train(
     reward = _AccuracyReward(task)
     dataset = build_dataset(settings, tokenizer)
     args = _grpo_config(settings, output_dir)
-    callback = _metrics_callback(output_dir / METRICS_FILE, reward, progress)
+    callback = _metrics_callback(output_dir / METRICS_FILE, reward, progress, warn)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = RhythmGRPOTrainer(
@@ -633,6 +674,8 @@ def train(
     records = read_metrics(output_dir)
     if main_process:
         tokenizer.save_pretrained(str(final))
+        if trainer.head_refresh is not None:  # heads refresh:K: the head set the run ended with
+            trainer.head_refresh.save(final)
         title = f"{settings.task} / {settings.strategy} / seed {settings.seed}"
         plot_reward_curve(records, output_dir / CURVE_FILE, title=title)
     seconds = [r["seconds_per_step"] for r in records if r.get("seconds_per_step") is not None]
@@ -645,4 +688,5 @@ def train(
         "resumed_from": str(resume_from) if resume_from else None,
         "seconds_per_step": sum(seconds) / len(seconds) if seconds else None,
         "rhythm_seconds_per_step": sum(rhythm) / len(rhythm) if rhythm else None,
+        "warned": callback.warned,
     }

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+from attnrhythm.method.config import ROLE_NAMES as ROLE_ORDER
+from attnrhythm.views.report import record_correct
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ PROBLEMS: tuple[Problem, ...] = (
     ),
 )
 
-#: role letter, name, record field, style when it marks a token on its own (METHOD.md section 4)
+#: role letter, name, record field, style when it marks a token on its own (docs/method.md section 4)
 ROLES: tuple[tuple[str, str, str], ...] = (
     ("P", "preplan", "preplan"),
     ("A", "anchor", "anchor"),
@@ -65,17 +68,6 @@ ROLE_STYLE = {"P": PREPLAN_ALONE, **BACKGROUND}
 ROLE_NAMES = {letter: name for letter, name, _ in ROLES}
 # Without colour (NO_COLOR, a pipe) roles are marked with brackets instead.
 PLAIN_MARKS = {"D": ("{", "}"), "A": ("[", "]"), "I": ("<", ">"), "P": ("^", "")}
-
-
-def final_number(text: str) -> float | None:
-    """The last number in ``text`` (commas removed), or None."""
-    found = re.findall(r"-?\d[\d,]*\.?\d*", text)
-    if not found:
-        return None
-    try:
-        return float(found[-1].replace(",", "").rstrip("."))
-    except ValueError:
-        return None
 
 
 def role_marks(record: dict[str, Any], n: int) -> list[str]:
@@ -154,14 +146,10 @@ def _top(record: dict[str, Any], role: str, metric: str, count: int = 3) -> str:
 
 
 def answer_ok(record: dict[str, Any]) -> str:
-    """yes / no (the last number of the response against ``answer``), or - without an answer."""
-    if "answer" not in record:
-        return "-"
-    got = final_number(record.get("response", ""))
-    try:
-        return "yes" if got is not None and got == float(record["answer"]) else "no"
-    except (TypeError, ValueError):
-        return "-"
+    """yes / no (the report's rule: :func:`attnrhythm.views.report.record_correct`), or - without
+    a reference answer."""
+    correct = record_correct(record)
+    return "-" if correct is None else "yes" if correct else "no"
 
 
 def token_table(record: dict[str, Any], rows: int = 0) -> Table:
@@ -191,18 +179,49 @@ def token_table(record: dict[str, Any], rows: int = 0) -> Table:
     return table
 
 
-def show(console: Console, records: list[dict[str, Any]], tokens: bool = False, rows: int = 0) -> None:
+def summary_table(records: list[dict[str, Any]], max_new_tokens: int | None = None) -> tuple[Table, str]:
+    """One row per answer; columns whose value is the same for every answer are left out (with
+    two or more answers) and named in the returned note instead."""
+    names = ["#", "tokens", "ended", "correct", *ROLE_ORDER, "mean γ coupled"]
+    rows = []
+    for i, record in enumerate(records, 1):
+        n = len(record["input_ids"]) - int(record["response_start"])
+        coupled = record["gamma"]["coupled"]
+        cut = max_new_tokens is not None and bool(record.get("generated", True)) and n >= max_new_tokens
+        rows.append(
+            [str(i), str(n), "cut" if cut else "done", answer_ok(record)]
+            + [str(len(record["roles"][k])) for k in ROLE_ORDER]
+            + [f"{sum(coupled) / len(coupled):.3f}"]
+        )
+    keep = [
+        k for k, name in enumerate(names)
+        if name == "#" or len(rows) < 2 or len({row[k] for row in rows}) > 1
+    ]  # fmt: skip
+    dropped = [f"{names[k]} {rows[0][k]}" for k in range(len(names)) if k not in keep]
+    table = Table(show_lines=False)
+    for k in keep:
+        table.add_column(names[k], justify="right")
+    for row in rows:
+        table.add_row(*(row[k] for k in keep))
+    note = ("same for every answer: " + ", ".join(dropped)) if dropped else ""
+    return table, note
+
+
+def show(
+    console: Console,
+    records: list[dict[str, Any]],
+    tokens: bool = False,
+    rows: int = 0,
+    max_new_tokens: int | None = None,
+) -> None:
     """Per record: the response coloured by role and its strongest anchors / preplan tokens
     (and with ``tokens`` the per-token table); then one summary table of all records."""
     color = console.color_system is not None and not console.no_color
     console.print(legend(color))
-    summary = Table(title="summary", show_lines=False)
-    for col in ("trace", "tokens", "answer ok", "preplan", "anchor", "dominated", "intro", "mean γ coupled"):
-        summary.add_column(col, justify="right")
-    for record in records:
+    for i, record in enumerate(records, 1):
         n = len(record["input_ids"]) - int(record["response_start"])
         question = " ".join(str(record.get("prompt", "")).split())
-        console.rule(f"[bold]{record.get('key', '')}[/bold]", align="left")
+        console.rule(f"[bold]#{i}[/bold] {escape(str(record.get('key', '')))}", align="left")
         console.print(Text(question, style="dim"))
         console.print(response_text(record, color))
         console.print(
@@ -217,12 +236,17 @@ def show(console: Console, records: list[dict[str, Any]], tokens: bool = False, 
             console.print(token_table(record, rows))
             if 0 < rows < n:
                 console.print(f"... {n - rows} more tokens (use --rows 0 for all)")
-        coupled = record["gamma"]["coupled"]
-        summary.add_row(
-            str(record.get("key", "")),
-            str(n),
-            answer_ok(record),
-            *(str(len(record["roles"][k])) for k in ("preplan", "anchor", "dominated", "intro")),
-            f"{sum(coupled) / len(coupled):.3f}",
+    table, note = summary_table(records, max_new_tokens)
+    console.print(Text("summary", style="bold"))
+    if len(table.columns) > 1:
+        console.print(table)
+    if note:
+        console.print(note, highlight=False)
+    if max_new_tokens is not None and any(
+        len(r["input_ids"]) - int(r["response_start"]) >= max_new_tokens and r.get("generated", True)
+        for r in records
+    ):
+        console.print(
+            f"an answer marked cut stopped at --max-new-tokens {max_new_tokens}: raise it to see its end",
+            highlight=False,
         )
-    console.print(summary)

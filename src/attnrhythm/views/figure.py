@@ -36,7 +36,6 @@ from attnrhythm.views.report import (
 
 FORMATS = (".png", ".pdf", ".svg")
 ROLE_COLOURS = {"preplan": "#2f6fde", "anchor": "#f39c12", "dominated": "#d0312d", "intro": "#8e44ad"}
-ROLE_LABELS = {"preplan": "preplan", "anchor": "anchor", "dominated": "dominated", "intro": "intro"}
 LOCAL_EDGE, GLOBAL_EDGE = "#2f6fde", "#0b7a3e"
 
 
@@ -172,7 +171,7 @@ def trace_figure(
         where = record["roles"][role]
         rug.vlines(where, row + 0.1, row + 0.9, color=ROLE_COLOURS[role],
                    lw=0.6 if x_hi - x_lo > 600 else 1.6)
-    rug.set_yticks([r + 0.5 for r in range(len(ROLES))], [ROLE_LABELS[r] for r in ROLES], fontsize=7)
+    rug.set_yticks([r + 0.5 for r in range(len(ROLES))], list(ROLES), fontsize=7)
     for tick, role in zip(rug.get_yticklabels(), ROLES):
         tick.set_color(ROLE_COLOURS[role])
     rug.set_ylim(len(ROLES), 0)
@@ -249,22 +248,8 @@ def _wrap(text: str, width: int) -> str:
 
 
 def parse_range(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """``START:END`` x-range of the curves (any length) -> (start, end); None stays None."""
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        try:
-            a, b = spec.split(":")
-            start, end = int(a), int(b)
-        except ValueError:
-            raise AttnRhythmError(
-                f"bad --curves {spec!r}: write START:END with integers, e.g. 0:400"
-            ) from None
-    else:
-        start, end = (int(x) for x in spec)
-    if start < 0 or end - start < 2:
-        raise AttnRhythmError(f"bad --curves {start}:{end}: need 0 <= START and END >= START + 2")
-    return start, end
+    """``START:END`` x-range of the curves (any length, >= 2 tokens) -> (start, end); None stays None."""
+    return None if spec is None else parse_span(spec, what="--curves", max_len=None, min_len=2)
 
 
 def check_out(out: str | Path) -> Path:

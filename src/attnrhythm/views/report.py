@@ -15,7 +15,7 @@ shares and distributions across traces; ``#trace-I`` (I = 0-based position in th
 
 **Peaks** (report, figure and studies alike: :func:`attnrhythm.method.peaks.peaks`): position t is a
 peak of a curve x when x_t is defined, x_t is among the ceil(q * count) largest defined values
-(q = the record's ``credit.q``, METHOD.md's TopQ; ties at the threshold count), x_t > x_{t-1}
+(q = the record's ``credit.q``, the TopQ of docs/method.md; ties at the threshold count), x_t > x_{t-1}
 and x_t >= x_{t+1} (an undefined or missing neighbour does not block). So peaks are the local
 maxima among the tokens TopQ would select.
 
@@ -36,13 +36,16 @@ from typing import Any
 
 import numpy as np
 
+from attnrhythm import display, spans
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.method.config import ROLE_NAMES
 from attnrhythm.method.peaks import peaks
+from attnrhythm.records import check_file_target, write_text_atomic
 from attnrhythm.schema import SCHEMA_VERSION
-from attnrhythm.schema import parse_span as _parse_span
+from attnrhythm.tasks.mathcheck import math_reward
 
 DEFAULT_SPAN = 128
-ROLES = ("preplan", "anchor", "dominated", "intro")
+ROLES = ROLE_NAMES
 
 #: (metrics key, long label, short label, colour, peak colour)
 SERIES = (
@@ -169,17 +172,9 @@ def check_record(record: Any, i: int = 0, source: str | None = None) -> None:
 # ------------------------------------------------------------------ spans and maps
 
 
-def parse_span(spec: str | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
-    """The span parser of :mod:`schema`, letting None (no span asked) through."""
-    return None if spec is None else _parse_span(spec)
-
-
-def fit_span(span: tuple[int, int], n: int) -> tuple[int, int] | None:
-    """Clip ``span`` to a response of ``n`` tokens; None when fewer than 2 of its tokens are in it."""
-    start, end = span
-    if start >= n - 1:
-        return None
-    return start, min(end, n)
+def parse_span(spec: str | tuple[int, int] | list[int] | None, **options: Any) -> tuple[int, int] | None:
+    """:func:`attnrhythm.spans.parse_span`, letting None (no span asked) through."""
+    return None if spec is None else spans.parse_span(spec, **options)
 
 
 def _saved_maps(record: dict[str, Any], where: str) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
@@ -224,7 +219,7 @@ def trace_maps(
             (a, b), local, glob = saved
             return {"span": (a, b), "local": local, "global": glob, "source": "saved in the record"}, None
         span = (0, DEFAULT_SPAN)
-    fitted = fit_span(span, n)
+    fitted = spans.clip_span(span, n)
     if fitted is None:
         return None, (
             f"The map window {span[0]}:{span[1]} is outside this response ({n} tokens): pick a --span "
@@ -260,7 +255,7 @@ def check_span_fits(records: list[dict[str, Any]], span: tuple[int, int] | None)
     if span is None:
         return
     lengths = [n_response(r) for r in records]
-    if not any(fit_span(span, n) is not None for n in lengths):
+    if not any(spans.clip_span(span, n) is not None for n in lengths):
         which = (
             f"the response ({lengths[0]} tokens)"
             if len(lengths) == 1
@@ -338,11 +333,32 @@ def _encode_map(matrix: np.ndarray) -> tuple[str, float]:
     return base64.b64encode(quant.tobytes()).decode("ascii"), vmax
 
 
+def _sink_rows(heads: dict[str, Any]) -> list | None:
+    """The per-head sink mass (``heads.sink_mass``, records from before it: None)."""
+    mass = heads.get("sink_mass")
+    return [_nums(row) for row in mass] if isinstance(mass, list) else None
+
+
+def record_correct(record: dict[str, Any]) -> bool | None:
+    """Whether the record's answer was correct: its ``correct`` field when it is a bool, else the
+    response checked against its reference ``answer`` by the math checker (the last box, "the
+    answer is", or the last number, equal as a number); None when the record has neither."""
+    if isinstance(record.get("correct"), bool):
+        return record["correct"]
+    answer = record.get("answer")
+    if answer is None or isinstance(answer, bool) or not isinstance(answer, str | int | float):
+        return None
+    return math_reward(str(record.get("response", "")), answer) == 1.0
+
+
 def _meta_pairs(record: dict[str, Any], n: int) -> list[list[str]]:
     pairs: list[list[str]] = [["response tokens", str(n)]]
+    correct = record_correct(record)
+    if correct is not None:
+        pairs.append(["correct", "yes" if correct else "no"])
     for field in ("reward", "answer"):
         if field in record:
-            pairs.append([field, _short(record[field])])
+            pairs.append([field if field == "reward" else "reference", _short(record[field])])
     if "generated" in record:
         pairs.append(["generated", "yes" if record["generated"] else "no"])
     pairs.append(["layers", ",".join(str(x) for x in record["layers"])])
@@ -418,6 +434,8 @@ def trace_payload(
             "local": [list(h) for h in heads["local"]],
             "global": [list(h) for h in heads["global"]],
             "receiver": [list(h) for h in heads.get("receiver", [])],
+            "sink": _sink_rows(heads),
+            "sinks": (record.get("sinks") or {}).get("mode", "keep"),
         },
         "maps": None,
         "maps_note": note,
@@ -461,6 +479,7 @@ def index_payload(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
     rows = []
     pooled: dict[str, list[float]] = {"waad": [], "fai": [], "entropy": []}
     has = {"reward": False, "answer": False}
+    any_correct = False
     for i, record in enumerate(records):
         n = n_response(record)
         metrics = record["metrics"]
@@ -476,6 +495,10 @@ def index_payload(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
             "entropy": _num(_mean(metrics["entropy"])),
             "maps": record.get("maps") is not None,
         }
+        correct = record_correct(record)
+        if correct is not None:
+            any_correct = True
+            row["correct"] = "yes" if correct else "no"
         for field in has:
             if field in record:
                 has[field] = True
@@ -488,9 +511,14 @@ def index_payload(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
         {"key": "key", "label": "key", "kind": "text"},
         {"key": "n", "label": "tokens", "kind": "num", "help": "response tokens"},
     ]
+    if any_correct:
+        columns.append(
+            {"key": "correct", "label": "correct", "kind": "text", "help": "answer vs the reference"}
+        )
     for field in ("reward", "answer"):
         if has[field]:
-            columns.append({"key": field, "label": field, "kind": "num" if _numeric(rows, field) else "text"})
+            label = "reference" if field == "answer" else field
+            columns.append({"key": field, "label": label, "kind": "num" if _numeric(rows, field) else "text"})
     for name, label in (
         ("preplan", "preplan"),
         ("anchor", "anchor"),
@@ -635,7 +663,23 @@ __CSS__
 <div id="trace" hidden></div>
 </main>
 <footer><span id="rendered"></span> &middot; peaks: local maxima among the TopQ (q = credit.q) values
-of a curve &middot; roles and metrics as in METHOD.md</footer>
+of a curve
+<details class="defs"><summary>definitions</summary><dl>
+<dt>WAAD</dt><dd>how far back a token looks: sum over s &le; t of
+A<sub>local</sub>[t,s]&middot;min(t&minus;s, W),
+mean map of the local (shortest-span) heads</dd>
+<dt>&Delta;</dt><dd>|WAAD<sub>t</sub> &minus; WAAD<sub>t+1</sub>|</dd>
+<dt>FAI</dt><dd>how much later tokens attend to a token: mean of A<sub>global</sub>[t,s]
+over the response tokens t from s+lo to s+hi, mean map of the global (longest-span) heads;
+empty where no such t exists</dd>
+<dt>entropy</dt><dd>of the next-token distribution that produced the token (nats)</dd>
+<dt>preplan / anchor</dt><dd>the ceil(q&middot;n) largest &Delta; / FAI values (TopQ)</dd>
+<dt>dominated anchor</dt><dd>an anchor with WAAD &le; tau_waad and a &Delta; &ge; tau_delta
+among the k tokens before it; its <b>intro token</b> is the one of those with the largest &Delta;</dd>
+<dt>&gamma; coupled</dt><dd>1 + (amp&minus;1) on anchors that are not dominated,
+(1&minus;alpha)(amp&minus;1) on dominated anchors, alpha(amp&minus;1) added on intro tokens</dd>
+</dl>Li et al. 2025, <a href="https://arxiv.org/abs/2510.13554">arXiv:2510.13554</a>;
+attnrhythm's docs/method.md</details></footer>
 <div id="tip" hidden></div>
 <script type="application/json" id="ar-index">__INDEX__</script>
 __TRACES__
@@ -716,14 +760,7 @@ def write_report(
 
 def write_page(page: str, out: str | Path) -> Path:
     """Write a page atomically (a temporary file, then one rename)."""
-    out = Path(out)
-    if out.is_dir():
-        raise AttnRhythmError(f"--out {out} is a directory: give a file name like report.html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(check_file_target(out, "report.html"), page)
 
 
 # ------------------------------------------------------------------ notebooks
@@ -806,3 +843,10 @@ def iframe(page: str, height: int = 760) -> str:
         f'style="width:100%;height:{int(height)}px;border:1px solid #d0d4dc;border-radius:4px" '
         'title="attnrhythm report"></iframe>'
     )
+
+
+def _trace_view(result: Any) -> str:
+    return Report([result])._repr_html_()
+
+
+display.register("trace", _trace_view)  # TraceResult._repr_html_ renders with this report

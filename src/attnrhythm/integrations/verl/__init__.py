@@ -7,8 +7,8 @@
 * :mod:`.plugin`: what verl imports (entry point ``verl.plugins``) to register the mode.
 
 ``layout`` and ``credit`` need only torch; the worker, trainer and plugin need verl and its
-TransferQueue (``pip install 'attnrhythm[verl]'``). See the README section "GRPO with rhythm
-credit in verl".
+TransferQueue (``pip install 'attnrhythm[verl]'``). See docs/verl.md ("GRPO with
+rhythm credit in verl").
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ import torch
 
 from attnrhythm.analyze import Analyzer
 from attnrhythm.integrations.verl.layout import padded_rollout, response_layout
+from attnrhythm.rollout.config import RhythmCreditConfig
 from attnrhythm.rollout.credit import rollout_gamma
-from attnrhythm.train.config import RhythmCreditConfig
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 Select it with ``trainer.v1.trainer_mode=rhythm_grpo`` and set the credit in the mode's own
 section, ``+trainer.v1.rhythm_grpo.strategy=coupled`` and any other field of
-:class:`~attnrhythm.train.config.RhythmCreditConfig` (``q``, ``amp``, ``alpha``, ``k``, ``layers``,
+:class:`~attnrhythm.rollout.config.RhythmCreditConfig` (``q``, ``amp``, ``alpha``, ``k``, ``layers``,
 ``fai_horizon``, ``batch_size``, ...). The class is verl's synchronous ``PPOTrainerSync`` with
 three overrides, all through verl's own hooks:
 
@@ -10,7 +10,8 @@ three overrides, all through verl's own hooks:
 * ``_compute_old_log_prob``: after verl's old log-probs, the actor workers compute gamma for the
   batch with the same weights (the current policy) and store it beside the batch;
 * ``_compute_advantage``: after verl's advantage estimator (GRPO), the token advantages become
-  ``gamma * A`` where ``A >= 0`` and stay ``A`` where ``A < 0`` (METHOD.md section 5), and the
+  ``gamma * A`` where ``A >= 0`` and stay ``A`` where ``A < 0`` (docs/method.md section 5; ``shape=both``
+  scales ``A < 0`` too, ``gamma_norm=mean`` makes gamma's mean over each response mask 1), and the
   ``rhythm/*`` metrics join the step's metrics.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, fields
 from typing import Any
 
 import ray
@@ -32,6 +32,7 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.integrations.verl.layout import nested_to_padded
 from attnrhythm.integrations.verl.worker import (
     COUNTS_FIELD,
     GAMMA_FIELD,
@@ -39,9 +40,10 @@ from attnrhythm.integrations.verl.worker import (
     STEP_KEY,
     RhythmActorRolloutRefWorker,
 )
-from attnrhythm.method.credit import shape_advantages
+from attnrhythm.method.credit import CreditConfig, shape_advantages
+from attnrhythm.rollout.config import RhythmCreditConfig
 from attnrhythm.rollout.credit import COUNT_KEYS, rhythm_metrics
-from attnrhythm.train.config import RhythmCreditConfig
+from attnrhythm.settings import flat_names
 
 MODE = "rhythm_grpo"
 # keys of the mode's section that verl itself reads (PPOTrainer: trainer.v1.<mode>.parameter_sync_step)
@@ -58,36 +60,50 @@ def rhythm_settings(config: DictConfig | Mapping[str, Any]) -> RhythmCreditConfi
     )
     raw = OmegaConf.to_container(section, resolve=True) if section is not None else {}
     values = {key: value for key, value in (raw or {}).items() if key not in _VERL_KEYS}
-    known = {f.name for f in fields(RhythmCreditConfig)}
+    known = set(flat_names(RhythmCreditConfig))
     unknown = sorted(set(values) - known)
     if unknown:
         raise AttnRhythmError(
             f"unknown rhythm credit setting(s) trainer.v1.{MODE}.{', '.join(unknown)}: "
             f"use the fields of RhythmCreditConfig ({', '.join(sorted(known))})"
         )
-    return RhythmCreditConfig(**values)
+    settings = RhythmCreditConfig(**values)
+    if settings.analysis_config().heads_refresh:
+        raise AttnRhythmError(
+            f"trainer.v1.{MODE}.heads={settings.analysis_config().heads_file}: head refresh runs in the "
+            "TRL trainer only; in verl use heads=sequence or a head set file (from `attnrhythm heads`)"
+        )
+    return settings
 
 
 def shape_verl_advantages(
-    advantages: torch.Tensor, gamma: torch.Tensor, response_mask: torch.Tensor
+    advantages: torch.Tensor,
+    gamma: torch.Tensor,
+    response_mask: torch.Tensor,
+    credit: CreditConfig | None = None,
 ) -> torch.Tensor:
     """:func:`attnrhythm.method.credit.shape_advantages` on verl tensors, in their layout.
 
     All three are (B, T) dense tensors or all three jagged nested tensors with the same row
-    lengths (verl's no-padding layout); the result has the layout of ``advantages``.
+    lengths (verl's no-padding layout); the result has the layout of ``advantages``. ``credit``
+    gives ``gamma_norm`` and ``shape`` (default: the paper's rule).
     """
     nested = [t.is_nested for t in (advantages, gamma, response_mask)]
     if any(nested) and not all(nested):
         raise AttnRhythmError("advantages, gamma and response_mask must all be nested or all dense")
     if not nested[0]:
-        return shape_advantages(advantages, gamma, response_mask)
+        return shape_advantages(advantages, gamma, response_mask, credit)
     offsets = advantages.offsets()
     for other in (gamma, response_mask):
         if not torch.equal(other.offsets().to(offsets.device), offsets):
             raise AttnRhythmError("gamma and the advantages have different response lengths")
-    # one row holding every token: the rule is elementwise, so the flat values shape exactly like rows
-    flat = shape_advantages(advantages.values()[None], gamma.values()[None], response_mask.values()[None])
-    return torch.nested.nested_tensor_from_jagged(flat[0].contiguous(), offsets=offsets)
+    # row by row on the padded grid (gamma_norm needs each row's mean), back to the jagged rows
+    padded = shape_advantages(
+        nested_to_padded(advantages), nested_to_padded(gamma), nested_to_padded(response_mask), credit
+    )
+    lengths = offsets.diff().to(padded.device)
+    real = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
+    return torch.nested.nested_tensor_from_jagged(padded[real].contiguous(), offsets=offsets)
 
 
 def count_rows(counts: torch.Tensor) -> torch.Tensor:
@@ -152,7 +168,7 @@ class RhythmPPOTrainer(PPOTrainerSync):
         self._rhythm_seconds = 0.0
         if self.rhythm.strategy == "none":
             return batch
-        batch.extra_info[SETTINGS_KEY] = asdict(self.rhythm)
+        batch.extra_info[SETTINGS_KEY] = self.rhythm.flat()
         batch.extra_info[STEP_KEY] = int(getattr(self, "global_steps", 0))
         started = time.perf_counter()
         try:
@@ -181,7 +197,9 @@ class RhythmPPOTrainer(PPOTrainerSync):
             partition_id=batch.partition_id,
             select_fields=["advantages", "response_mask", GAMMA_FIELD, COUNTS_FIELD],
         )
-        shaped = shape_verl_advantages(data["advantages"], data[GAMMA_FIELD], data["response_mask"])
+        shaped = shape_verl_advantages(
+            data["advantages"], data[GAMMA_FIELD], data["response_mask"], self.rhythm.credit_config()
+        )
         logged = rhythm_metrics(batch_totals(data[COUNTS_FIELD], batch.tags), self._rhythm_seconds)
         batch = tq.kv_batch_put(
             keys=batch.keys,

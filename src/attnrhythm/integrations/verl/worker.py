@@ -17,7 +17,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.integrations.verl.credit import batch_credit
-from attnrhythm.train.config import RhythmCreditConfig
+from attnrhythm.rollout.config import RhythmCreditConfig
 
 SETTINGS_KEY = "rhythm_credit"  # non-tensor entry of the batch: the RhythmCreditConfig fields
 STEP_KEY = "rhythm_step"  # non-tensor entry of the batch: the trainer's global step

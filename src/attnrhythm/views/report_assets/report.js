@@ -51,6 +51,31 @@
     for (const m of [1, 2, 5, 10]) if (m * p >= raw) return m * p;
     return 10 * p;
   }
+  // Width in CSS pixels of text drawn in font (canvases grow to fit their titles instead of clipping).
+  const MEASURE = document.createElement("canvas").getContext("2d");
+  function textWidth(text, font) {
+    MEASURE.font = font;
+    return Math.ceil(MEASURE.measureText(text).width);
+  }
+
+  // Robust y-limits of a curve: [lo, hi, clipped]. A value more than the whole min-to-98th-
+  // percentile range above the 98th percentile is an outlier: the scale ends at the largest value
+  // that is not, and outliers are drawn on the top edge and marked, so one spike never flattens
+  // the rest of the curve.
+  function robustLimits(values) {
+    const v = values.filter((x) => x !== null).sort((a, b) => a - b);
+    if (!v.length) return null;
+    const lo = v[0], max = v[v.length - 1];
+    const q98 = v[Math.floor(0.98 * (v.length - 1))];
+    const fence = q98 + (q98 - lo);
+    if (v.length >= 20 && q98 > lo && max > fence) {
+      let hi = lo;
+      for (const x of v) if (x <= fence) hi = x;
+      return [lo, hi, true];
+    }
+    return [lo, max, false];
+  }
+
   function setupCanvas(c, w, h) {
     c.width = Math.round(w * DPR);
     c.height = Math.round(h * DPR);
@@ -193,6 +218,7 @@
       const g = setupCanvas(base, W, H);
       setupCanvas(over, W, H);
       ys = [];
+      const clips = [];
       const count = x1 - x0;
       const span = tr.maps ? tr.maps.span : null;
       series.forEach((s, k) => {
@@ -213,14 +239,9 @@
         g.textBaseline = "middle";
         g.fillText(s.label, L - 8, y0 + PH / 2 - 2);
         g.font = FONT;
-        let lo = Infinity, hi = -Infinity;
-        for (let i = x0; i < x1; i++) {
-          const v = s.v[i];
-          if (v !== null) {
-            if (v < lo) lo = v;
-            if (v > hi) hi = v;
-          }
-        }
+        const limits = robustLimits(s.v.slice(x0, x1));
+        let lo = limits ? limits[0] : Infinity, hi = limits ? limits[1] : -Infinity;
+        const clipped = limits !== null && limits[2];
         if (lo === Infinity) {
           ys.push(null);
           g.fillStyle = "#9aa0ab";
@@ -232,11 +253,11 @@
           hi += 0.5 * (Math.abs(hi) || 1);
           lo -= 0.5 * (Math.abs(lo) || 1);
         }
-        const ypx = (v) => y0 + PH - 4 - ((v - lo) / (hi - lo)) * (PH - 8);
+        const ypx = (v) => y0 + PH - 4 - ((Math.min(v, hi) - lo) / (hi - lo)) * (PH - 8);
         ys.push(ypx);
         g.fillStyle = "#8a909c";
         g.textBaseline = "top";
-        g.fillText(fmt(hi), L - 8, y0 + 1);
+        g.fillText(fmt(hi) + (clipped ? "+" : ""), L - 8, y0 + 1);
         g.textBaseline = "bottom";
         g.fillText(fmt(lo), L - 8, y0 + PH - 1);
         if (s.thr !== null && s.thr >= lo && s.thr <= hi) {
@@ -300,8 +321,31 @@
           g.arc(xpx(p), ypx(s.v[p]), r, 0, 2 * Math.PI);
           g.fill();
         }
+        if (clipped) {
+          // values above the scale: a red triangle on the top edge, and a note with the largest
+          let above = 0, max = -Infinity;
+          g.fillStyle = "#d0312d";
+          for (let i = x0; i < x1; i++) {
+            const v = s.v[i];
+            if (v === null || v <= hi) continue;
+            above++;
+            max = Math.max(max, v);
+            g.beginPath();
+            g.moveTo(xpx(i) - 3.5, y0 + 7);
+            g.lineTo(xpx(i) + 3.5, y0 + 7);
+            g.lineTo(xpx(i), y0 + 1);
+            g.fill();
+          }
+          const note = above + " above the scale (max " + fmt(max) + ")";
+          g.font = FONT;
+          g.textAlign = "right";
+          g.textBaseline = "top";
+          g.fillText(note, L + pw() - 4, y0 + 2);
+          clips.push(s.label + ": " + above);
+        }
         g.restore();
       });
+      wrap.dataset.clipped = clips.join("; ");
       // role rug
       const ry = top(series.length);
       const tw = Math.max(1, pw() / count);
@@ -637,7 +681,10 @@
     const rows = o.layers.length, cols = o.cols;
     const cell = Math.max(o.minCell, Math.min(32, Math.floor(o.span / Math.max(1, cols))));
     const L = 40, T = 22;
-    const W = Math.max(L + cols * cell + 10, o.minWidth), H = T + rows * cell + o.bottom;
+    const capW = textWidth(o.caption, FONT);
+    const capX = Math.max(L + (cols * cell) / 2, capW / 2 + 2);
+    const W = Math.max(L + cols * cell + 10, o.minWidth, L + textWidth(o.title, "600 " + FONT) + 10, capX + capW / 2 + 4);
+    const H = T + rows * cell + o.bottom;
     const wrap = el("div", "plot");
     const canvas = el("canvas");
     wrap.append(canvas);
@@ -658,7 +705,7 @@
     g.textAlign = "center";
     g.textBaseline = "top";
     for (let k = 0; k < cols; k += cols > 16 ? 4 : 1) g.fillText(String(k), L + k * cell + cell / 2, T + rows * cell + 2);
-    g.fillText(o.caption, L + (cols * cell) / 2, T + rows * cell + o.captionGap);
+    g.fillText(o.caption, capX, T + rows * cell + o.captionGap);
     const cellAt = (e) => {
       const b = canvas.getBoundingClientRect();
       const k = Math.floor((e.clientX - b.left - L) / cell), r = Math.floor((e.clientY - b.top - T) / cell);
@@ -737,7 +784,8 @@
       const key = h.layers[r] + ":" + k;
       const tags = [cls[key], recv.has(key) ? "receiver" : null].filter(Boolean).join(", ");
       showTip(
-        "layer " + h.layers[r] + " \u00b7 head " + k + "<br>span d = " + fmt(h.d[r][k]) + (tags ? "<br>" + tags : "") +
+        "layer " + h.layers[r] + " \u00b7 head " + k + "<br>span d = " + fmt(h.d[r][k]) +
+        (h.sink ? "<br>sink mass = " + fmt(h.sink[r][k]) + (h.sinks === "exclude" ? " (excluded)" : "") : "") + (tags ? "<br>" + tags : "") +
           stabilityText(h.layers[r], k),
         e.clientX,
         e.clientY
@@ -821,7 +869,8 @@
 
   // ------------------------------------------------------------------ histograms
   function Histogram(host, h) {
-    const W = 280, H = 150, L = 36, R = 8, T = 20, B = 30;
+    const L = 36, R = 8, T = 20, B = 30, H = 150;
+    const W = Math.max(280, L + textWidth(h.label, "600 " + FONT) + R);
     const c = el("canvas");
     host.append(c);
     const g = setupCanvas(c, W, H);
@@ -906,6 +955,9 @@
           ROLE_KEYS.map((r) => '<i style="width:' + (100 * row.frac[r]) / 2 + "%;background:" + ROLE_COLOR[r] + '"></i>').join("") +
           "</span>"
         );
+      }
+      if (col.key === "correct" && (v === "yes" || v === "no")) {
+        return v === "yes" ? '<span class="ok">\u2713 yes</span>' : '<span class="bad">\u2717 no</span>';
       }
       if (col.kind === "pct") return pct(row.frac[col.key]);
       if (col.kind === "num") return fmt(v);
