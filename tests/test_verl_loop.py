@@ -190,7 +190,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return AutoModelForCausalLM.from_pretrained(path).state_dict()
 
 
-@pytest.mark.parametrize("world", [1])  # 2 ranks: not yet run through this loop (see docs/verl.md)
+@pytest.mark.parametrize("world", [1, 2])
 def test_rhythm_grpo_steps_through_verls_loop(world, model_dir, tmp_path):
     from verl_written_rollouts import ONE_TOKEN, TOOL
 
