@@ -162,8 +162,8 @@ def reference(model_path: Path, step: dict):
     from transformers import AutoModelForCausalLM
 
     from attnrhythm.analyze import Analyzer
-    from attnrhythm.rollout.credit import rollout_gamma
     from attnrhythm.rollout.config import RhythmCreditConfig
+    from attnrhythm.rollout.credit import rollout_gamma
 
     settings = RhythmCreditConfig(**SETTINGS)
     plain = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa").eval()
