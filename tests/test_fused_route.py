@@ -92,7 +92,7 @@ def fused_case(draw):
 
 def case_sinks(case):
     """(B, N) bool sink keys of a drawn case (the first tokens of each live run), or None."""
-    if case["sink_count"] is None:
+    if case.get("sink_count") is None:
         return None
     return ref.first_live(live_rows(case["segments"], case["n"])[:, 0], case["sink_count"])
 
@@ -124,7 +124,7 @@ def run_case(case, route):
         route=route,
         tile_size=5,
         sinks=case_sinks(case),
-        exclude_sinks=case["sink_count"] is not None and case["exclude_sinks"],
+        exclude_sinks=case.get("sink_count") is not None and case["exclude_sinks"],
     )
     module = FakeAttention(0, case["group"])
     with cap.capturing(capture), torch.no_grad():
@@ -144,7 +144,7 @@ def dense_case(case, q, k, mask, weight):
         row_weight=weight,
         softcap=None,
         sinks=case_sinks(case),
-        exclude_sinks=case["sink_count"] is not None and case["exclude_sinks"],
+        exclude_sinks=case.get("sink_count") is not None and case["exclude_sinks"],
     )
 
 
