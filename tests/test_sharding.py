@@ -192,6 +192,7 @@ def _credit_worker(rank: int, port: int, out_dir: str) -> None:
         trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         trainer._rhythm_analyzer = analyzer
         trainer._rhythm_fused_batch = None
+        trainer.head_refresh = None  # heads: sequence (no refresh:K)
         trainer._dist = DistributedBackend(trainer.accelerator)
         advantages = torch.linspace(-1, 1, batch["completion_ids"].shape[0])
         output = trainer._apply_rhythm_credit({**batch, "advantages": advantages.clone()})
