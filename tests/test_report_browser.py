@@ -15,6 +15,9 @@ import pytest
 
 from attnrhythm.views.report import write_report
 
+# how long a view may take to render after navigation on a loaded 2-core CI machine
+RENDER_TIMEOUT_MS = 30_000
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -135,6 +138,8 @@ def test_long_trace_renders_fast_with_tooltips(browser, report, tmp_path):
 
 
 def test_index_and_navigation(browser, report, tmp_path):
+    from playwright.sync_api import expect
+
     page, errors = _open(browser, report.as_uri())
     rows = page.locator("table.traces tbody tr")
     assert rows.count() == 3
@@ -150,13 +155,14 @@ def test_index_and_navigation(browser, report, tmp_path):
     page.screenshot(path=str(_shots(tmp_path) / "report-index.png"), full_page=True)
     page.locator("a", has_text="no-maps").first.click()
     page.wait_for_function("location.hash === '#trace-1'")
-    assert page.locator(".strip span").count() == 80
+    # the trace view renders after the hash change: wait for it rather than read it at once
+    expect(page.locator(".strip span")).to_have_count(80, timeout=RENDER_TIMEOUT_MS)
     note = page.locator("#trace .note")
     assert note.is_visible() and "--save-maps" in note.inner_text() and "--model" in note.inner_text()
     assert "FAI (receiver)" not in page.locator("#trace").inner_text()
     page.locator("a", has_text="next").click()
     page.wait_for_function("location.hash === '#trace-2'")
-    assert page.locator(".strip span").count() == 120
+    expect(page.locator(".strip span")).to_have_count(120, timeout=RENDER_TIMEOUT_MS)
     assert "window 20:84" in page.locator("#trace").inner_text()
     assert errors == []
     page.close()
