@@ -136,3 +136,27 @@ def test_the_same_flag_means_the_same_thing_everywhere():
                 device_defaults.add(param.default)
     assert {k: v for k, v in short.items() if len(v) > 1} == {}, short
     assert device_defaults <= {"auto", None}
+
+
+def test_train_device_takes_cuda_n_and_refuses_it_where_it_cannot_hold(monkeypatch):
+    import torch
+
+    from attnrhythm.train.runs import cuda_index
+
+    assert [cuda_index(d) for d in ("cuda:0", "cuda:3", "cuda", "cpu", "cuda:x")] == [0, 3, None, None, None]
+    with pytest.raises(AttnRhythmError, match="use auto, cpu, cuda or cuda:N"):
+        TrainSettings(device="gpu")
+    settings = TrainSettings(device="cuda:1")  # a valid setting on any machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(AttnRhythmError, match="no CUDA GPU: use --device cpu"):
+        settings.use_cpu()
+    chosen: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert settings.use_cpu() is False and chosen == [1]  # GPU 1 becomes the current device
+    with pytest.raises(AttnRhythmError, match=r"use cuda:0 to cuda:1"):
+        TrainSettings(device="cuda:2").use_cpu()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(AttnRhythmError, match="the launcher gives each process its GPU"):
+        settings.use_cpu()

@@ -93,7 +93,7 @@ class TrainSettings(Composed):
         rhythm: the credit (:class:`RhythmCreditConfig`: strategy, credit forward, analysis and
             credit parameters; docs/method.md sections 1-5).
         load: the model (``model``: ``embedded``, a checkpoint directory, a ``.gguf`` file or a
-            cached hub id) and ``device`` (``auto``: CUDA when available, ``cpu`` or ``cuda``).
+            cached hub id) and ``device`` (``auto``: CUDA when available, ``cpu``, ``cuda`` or ``cuda:N``).
         steps: optimiser steps (``max_steps``).
         learning_rate: 1e-5 by default, so that a few dozen CPU steps move the policy; the paper
             trains with 1e-6 for thousands of steps. No KL term (``beta`` 0) as in the paper.
@@ -230,8 +230,8 @@ class TrainSettings(Composed):
                 f"per_device_train_batch_size x gradient_accumulation_steps ({batch}) is not a multiple of "
                 f"num_generations ({self.num_generations}): make it one"
             )
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise AttnRhythmError(f"bad device {self.device!r}: use auto, cpu or cuda")
+        if self.device not in ("auto", "cpu", "cuda") and cuda_index(self.device) is None:
+            raise AttnRhythmError(f"bad device {self.device!r}: use auto, cpu, cuda or cuda:N")
         for name in ("task_options", "grpo_options"):
             if not isinstance(getattr(self, name), dict):
                 raise AttnRhythmError(f"bad {name}: it must be a mapping, e.g. {name}: {{key: value}}")
@@ -248,13 +248,33 @@ class TrainSettings(Composed):
         return self.rhythm
 
     def use_cpu(self) -> bool:
+        """Whether the run is on the CPU; ``cuda:N`` makes GPU N the current device (one process)."""
         import torch
 
-        if self.device == "cuda" and not torch.cuda.is_available():
+        index = cuda_index(self.device)
+        if (self.device == "cuda" or index is not None) and not torch.cuda.is_available():
             raise AttnRhythmError(
-                "device cuda was asked for but this machine has no CUDA GPU: use --device cpu"
+                f"device {self.device} was asked for but this machine has no CUDA GPU: use --device cpu"
             )
+        if index is not None:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise AttnRhythmError(
+                    f"device {self.device} in a launch of several processes: the launcher gives each "
+                    "process its GPU, use --device cuda (or CUDA_VISIBLE_DEVICES to choose the GPUs)"
+                )
+            if index >= torch.cuda.device_count():
+                raise AttnRhythmError(
+                    f"device {self.device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                    f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+                )
+            torch.cuda.set_device(index)  # accelerate's single-process device is the current one
         return self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())
+
+
+def cuda_index(device: str) -> int | None:
+    """N for a device string ``cuda:N``, else None."""
+    head, _, tail = device.partition(":")
+    return int(tail) if head == "cuda" and tail.isdigit() else None
 
 
 def _with_rhythm_options(values: dict[str, Any], options: dict[str, Any] | None) -> dict[str, Any]:
