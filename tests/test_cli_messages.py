@@ -126,6 +126,17 @@ def test_progress_prints_lines_when_not_a_terminal(capsys):
     )
 
 
+def test_long_work_without_a_bar_says_what_it_does_in_a_log(capsys):
+    with opts.working("generating and analysing 3 answers ...", quiet_seconds=0):
+        pass
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "generating and analysing 3 answers ..."
+    assert lines[1].startswith("generating and analysing 3 answers: done (") and len(lines) == 2
+    with opts.working("loading model [x] ..."):  # quick work: the first line only, brackets kept
+        pass
+    assert capsys.readouterr().err.splitlines() == ["loading model [x] ..."]
+
+
 def test_a_metric_empty_for_every_token_is_named_with_the_fix():
     records = [{"metrics": {"waad": [0.1, 0.2, 0.3], "fai": [None, None, None], "delta": [0.1, 0.1, None]}}]
     (line,) = empty_metrics(records, (1_000_000, None))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import typer
@@ -126,6 +128,22 @@ class LineProgress:
             self.console.print(f"{state['description']}: {done}{of} ({elapsed:.0f} s)", highlight=False)
 
 
+@contextmanager
+def working(text: str, quiet_seconds: float = 2.0) -> Iterator[None]:
+    """A spinner with ``text`` on a terminal; in a log or a pipe, ``text`` as a line on stderr at the
+    start and ``text: done (N s)`` at the end (work done sooner than ``quiet_seconds``: the first only)."""
+    if console.is_terminal:
+        with console.status(text):
+            yield
+        return
+    console.print(text, highlight=False)
+    started = time.monotonic()
+    yield
+    elapsed = time.monotonic() - started
+    if elapsed >= quiet_seconds:
+        console.print(f"{text.removesuffix(' ...')}: done ({elapsed:.0f} s)", highlight=False)
+
+
 def progress() -> Progress | LineProgress:
     """A progress bar on a terminal, else a line on stderr every few items."""
     if not console.is_terminal:
@@ -156,5 +174,5 @@ def report_skipped(errors: list[str], *, shown: int = 5, total: int | None = Non
 def load(model: str, device: str):
     from attnrhythm.models import load_model
 
-    with console.status(f"loading model {model} ..."):
+    with working(f"loading model {model} ..."):
         return load_model(model, device=device)

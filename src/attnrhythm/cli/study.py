@@ -157,7 +157,7 @@ def couplings(
         layers=layers, window=window, fai_horizon=fai_horizon, head_quantile=head_quantile,
         proximity=proximity, receivers=receivers, need_model=False, heads=heads,
     )  # fmt: skip
-    with cli.console.status("bootstrap and permutations ..."):
+    with cli.working("bootstrap and permutations ..."):
         results = run_couplings(recs, out, spec=spec, permutations=permutations, bootstrap=bootstrap,
                                 seed=seed, run=meta)  # fmt: skip
     _table(results, COUPLINGS)

@@ -57,7 +57,7 @@ def demo(
         for i, p in enumerate(PROBLEMS[:n])
     ]
     config = AnalysisConfig(save_maps=(0, min(max_new_tokens, 512)))
-    with opts.console.status(f"generating and analysing {n} answers ..."):
+    with opts.working(f"generating and analysing {n} answers ..."):
         summary = analyze_items(
             items,
             lm,
@@ -113,7 +113,7 @@ def report(
     lm = tokenizer = None
     if model is not None:
         lm, tokenizer = opts.load(model, device)
-    with opts.console.status(f"rendering {len(recs)} trace(s) ..."):
+    with opts.working(f"rendering {len(recs)} trace(s) ..."):
         page = render_html(recs, model=lm, tokenizer=tokenizer, span=span, source=str(records), heads=corpus)
         path = write_page(page, out)
     size = path.stat().st_size / 1024
