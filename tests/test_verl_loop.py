@@ -68,13 +68,16 @@ def write_dataset(path: Path) -> Path:
     return path
 
 
-def overrides(model_dir: Path, data: Path, work: Path, world: int) -> list[str]:
+def overrides(
+    model_dir: Path, data: Path, work: Path, world: int, settings: dict | None = None
+) -> list[str]:
     mode = "rhythm_grpo"
+    settings = SETTINGS if settings is None else settings
     agent_loops = work / "agent_loops.yaml"
     agent_loops.write_text("- name: written\n  _target_: verl_written_rollouts.WrittenRolloutLoop\n")
     return [
         f"trainer.v1.trainer_mode={mode}",
-        *(f"+trainer.v1.{mode}.{key}={value}" for key, value in SETTINGS.items()),
+        *(f"+trainer.v1.{mode}.{key}={value}" for key, value in settings.items()),
         "algorithm.adv_estimator=grpo",
         f"data.train_files={data}",
         f"data.val_files={data}",
@@ -120,10 +123,16 @@ def overrides(model_dir: Path, data: Path, work: Path, world: int) -> list[str]:
     ]
 
 
-def run_loop(world: int, model_dir: Path, work: Path) -> dict:
+def run_loop(
+    world: int, model_dir: Path, work: Path, settings: dict | None = None, extra: tuple[str, ...] = ()
+) -> dict:
+    data = work / "train.parquet"
     spec = dict(
         world=world,
-        overrides=overrides(model_dir, write_dataset(work / "train.parquet"), work, world),
+        overrides=[
+            *overrides(model_dir, data if data.exists() else write_dataset(data), work, world, settings),
+            *extra,
+        ],
         worker_env=[*WORKER_ENV, "PYTHONPATH"],
     )
     (work / "spec.json").write_text(json.dumps(spec))
@@ -157,15 +166,19 @@ def padded(rows: list[torch.Tensor], *, left: bool = False) -> torch.Tensor:
     return out
 
 
-def reference(model_path: Path, step: dict):
-    """rollout_gamma of the plain transformers model on the step's rows, in one process."""
+def reference(model_path: Path, step: dict, settings: dict | None = None, heads: dict | None = None):
+    """rollout_gamma of the plain transformers model on the step's rows, in one process.
+
+    ``heads``: the head set of a ``refresh:K`` run in use at that step (None: per sequence).
+    """
     from transformers import AutoModelForCausalLM
 
     from attnrhythm.analyze import Analyzer
     from attnrhythm.rollout.config import RhythmCreditConfig
     from attnrhythm.rollout.credit import rollout_gamma
+    from attnrhythm.rollout.heads import refreshed_config
 
-    settings = RhythmCreditConfig(**SETTINGS)
+    settings = RhythmCreditConfig(**(SETTINGS if settings is None else settings))
     plain = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa").eval()
     prompts, responses = step["prompts"], step["responses"]
     prompt_ids = padded(prompts, left=True)
@@ -173,7 +186,7 @@ def reference(model_path: Path, step: dict):
     completion_ids = padded(responses)
     completion_mask = padded([torch.ones_like(r) for r in responses])
     return rollout_gamma(
-        Analyzer(plain, settings.analysis_config()),
+        Analyzer(plain, refreshed_config(settings.analysis_config(), heads)),
         settings.strategy,
         prompt_ids,
         prompt_mask,
@@ -245,3 +258,42 @@ def test_rhythm_grpo_steps_through_verls_loop(world, model_dir, tmp_path):
     assert res["replay_buffer"] == "ReplayBuffer"  # failed groups kept, not evicted and refilled
     assert res["gen_batch_size"] is None  # not forced to 1 as for the async modes
     assert not (checkpoints / "global_step_2" / "transfer_queue").exists()  # no TransferQueue state saved
+
+
+def test_head_sets_follow_training_in_verls_loop_and_resume(model_dir, tmp_path):
+    """``heads=refresh:1``: step 1 classes heads per sequence, step 2 uses the corpus head set of
+    step 1's rollouts, saved with each checkpoint; a resumed run (verl's ``resume_mode=auto``)
+    restores it and refreshes from the restored spans of step 2 before step 3."""
+    from attnrhythm.headsets import corpus_heads
+    from attnrhythm.rollout.config import RhythmCreditConfig
+
+    settings = dict(SETTINGS, heads="refresh:1")
+    quantile = RhythmCreditConfig(**settings).analysis_config().head_quantile
+    first = run_loop(1, model_dir, tmp_path, settings)["record"]
+    resumed = run_loop(
+        1, model_dir, tmp_path, settings, ("trainer.resume_mode=auto", "trainer.total_training_steps=3")
+    )["record"]
+    assert [s["global_step"] for s in first] == [1, 2] and [s["global_step"] for s in resumed] == [3]
+    checkpoints = tmp_path / "checkpoints"
+    models = [model_dir, *(checkpoints / f"global_step_{k}" / "actor" / "huggingface" for k in (1, 2))]
+    expected, corpus_size = None, 0
+    for k, (step, model_path) in enumerate(zip([*first, *resumed], models)):
+        assert step["refreshes"] == k
+        if expected is None:
+            assert step["heads"] is None  # step 1: classes per sequence
+        else:
+            for key in ("layers", "local", "global", "traces", "source"):
+                assert step["heads"][key] == expected[key], key
+            assert step["metrics"]["rhythm/heads_traces"] == corpus_size
+        ref = reference(model_path, step, settings, heads=step["heads"])
+        for b, gamma in enumerate(step["rhythm_gamma"]):
+            torch.testing.assert_close(gamma, ref.gamma[b, : len(gamma)], rtol=0, atol=0)
+        # the corpus of the next refresh: the analysed real rollouts of this step
+        real = {b for b, tag in enumerate(step["tags"]) if not tag.get("is_padding", False)}
+        spans = [span for b, span in zip(ref.span_rows, ref.spans) if b in real]
+        layers = json.loads((checkpoints / "global_step_1" / "rhythm_heads.json").read_text())["layers"]
+        records = [{"layers": layers, "heads": {"distance": s.tolist()}} for s in spans]
+        expected = corpus_heads(records, quantile, source=f"rollouts of steps {k}-{k}")
+        corpus_size = len(spans)
+    saved = json.loads((checkpoints / "global_step_2" / "rhythm_heads.json").read_text())
+    assert saved["refreshes"] == 1 and saved["refreshed_at"] == 1 and len(saved["spans"]) > 0

@@ -79,8 +79,10 @@ def test_bad_settings_fail_in_one_line():
     assert "\n" not in str(err.value)
     with pytest.raises(AttnRhythmError, match="unknown credit strategy"):
         rhythm_settings(verl_config(f"+trainer.v1.{MODE}.strategy=louder"))
-    with pytest.raises(AttnRhythmError, match="TRL trainer only") as err:
-        rhythm_settings(verl_config(f"+trainer.v1.{MODE}.heads=refresh:20"))
+    refresh = rhythm_settings(verl_config(f"+trainer.v1.{MODE}.heads=refresh:20"))
+    assert refresh.analysis_config().heads_refresh == 20  # head sets that follow training, in verl too
+    with pytest.raises(AttnRhythmError, match="refresh") as err:
+        rhythm_settings(verl_config(f"+trainer.v1.{MODE}.heads=refresh:0"))
     assert "\n" not in str(err.value)
 
 

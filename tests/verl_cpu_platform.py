@@ -27,6 +27,8 @@ class _CpuDevice(types.ModuleType):
     def __getattr__(self, name: str):
         if name == "get_device_name":  # verl's FLOPs counter (inf promised FLOPs for an unknown name)
             return lambda *args, **kwargs: "CPU"
+        if name in ("get_rng_state", "set_rng_state"):  # a checkpoint's RNG: the CPU device's is torch's
+            return getattr(torch, name)
         if name.startswith(("max_memory", "memory_", "reset_")) or name in ("mem_get_info", "empty_cache"):
             return lambda *args, **kwargs: 0 if name != "mem_get_info" else (0, 0)
         raise AttributeError(name)

@@ -87,6 +87,8 @@ def main(spec_file: str, out_file: str) -> None:
             step = {key: dense_rows(data[key]) for key in FIELDS + ["old_log_probs"]}
             tags = [dict(t) for t in batch.tags]
             step.update(keys=list(batch.keys), tags=tags, global_step=self.global_steps)
+            if self.head_refresh is not None:  # heads: refresh:K, the head set this step used
+                step.update(heads=self.head_refresh.heads, refreshes=self.head_refresh.refreshes)
             self.record.append(step)
             return batch
 

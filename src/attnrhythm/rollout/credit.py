@@ -71,6 +71,7 @@ class RolloutCredit:
     counts: dict[str, float] = field(default_factory=dict)
     spans: list[torch.Tensor] = field(default_factory=list)  # head span d[l,h] of each analysed row
     row_counts: torch.Tensor | None = None
+    span_rows: list[int] = field(default_factory=list)  # the row of each entry of ``spans``
 
 
 def sequence_seed(base: int, step: int, rank: int, index: int) -> int:
@@ -215,7 +216,13 @@ def credit_from_results(
     counts["amplified"] = float((out[lm] > 1).sum())
     spans = [res.distance for _, res in results]
     rows = row_counts(out, lm, results)
-    return RolloutCredit(gamma=out.to(completion_ids.device), counts=counts, spans=spans, row_counts=rows)
+    return RolloutCredit(
+        gamma=out.to(completion_ids.device),
+        counts=counts,
+        spans=spans,
+        row_counts=rows,
+        span_rows=[b for b, _ in results],
+    )
 
 
 def row_counts(

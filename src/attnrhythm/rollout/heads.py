@@ -11,11 +11,13 @@ it is engine-neutral (the TRL trainer drives it).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from attnrhythm.config import AnalysisConfig
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.headsets import corpus_heads
 from attnrhythm.method.rhythm import HeadClasses
@@ -47,6 +49,30 @@ def head_set_change(old: dict[str, Any], new: dict[str, Any]) -> dict[str, float
         "global_jaccard": _jaccard(old_global, new_global),
         "changed": float(changed),
     }
+
+
+def head_set_classes(heads: dict[str, Any] | None) -> tuple[list[int], HeadClasses] | None:
+    """(analysed layers, classes with absolute layers) of a head set (``heads.json`` content); None: None."""
+    if heads is None:
+        return None
+    pairs = {k: [(int(a), int(b)) for a, b in heads[k]] for k in ("local", "global")}
+    return list(heads["layers"]), HeadClasses(local=pairs["local"], global_=pairs["global"])
+
+
+def refreshed_config(config: AnalysisConfig, heads: dict[str, Any] | None) -> AnalysisConfig:
+    """The credit's analysis settings of a ``refresh:K`` run with the head set ``heads`` in use.
+
+    Before the first refresh (``heads`` None) the classes are per sequence; after it, ``heads``
+    (``heads.json`` content) is the fixed head set. Settings without ``refresh:K`` are returned as
+    they are.
+    """
+    if not config.heads_refresh:
+        return config
+    fixed = head_set_classes(heads)
+    if fixed is None:
+        return replace(config, heads=None, heads_file=None, heads_refresh=0)
+    layers, classes = fixed
+    return replace(config, heads=classes, heads_layers=layers, heads_file=None, heads_refresh=0)
 
 
 class HeadRefresh:
@@ -96,10 +122,7 @@ class HeadRefresh:
 
     def classes(self) -> tuple[list[int], HeadClasses] | None:
         """(analysed layers, classes with absolute layers) of the head set in use; None: per sequence."""
-        if self.heads is None:
-            return None
-        pairs = {k: [(int(a), int(b)) for a, b in self.heads[k]] for k in ("local", "global")}
-        return list(self.heads["layers"]), HeadClasses(local=pairs["local"], global_=pairs["global"])
+        return head_set_classes(self.heads)
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -86,7 +86,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -112,7 +111,7 @@ from attnrhythm.rollout.credit import (
     rhythm_metrics,
     rollout_gamma,
 )
-from attnrhythm.rollout.heads import HeadRefresh
+from attnrhythm.rollout.heads import HeadRefresh, refreshed_config
 from attnrhythm.train.config import RhythmCreditConfig, trl_runs_old_logps_forward
 
 _IMAGE_KEYS = ("pixel_values", "image_grid_thw", "num_images")
@@ -406,14 +405,8 @@ class RhythmGRPOTrainer(GRPOTrainer):
     # -- helpers ------------------------------------------------------------------------
     def _rhythm_analysis_config(self) -> AnalysisConfig:
         """The credit's analysis settings, with the refreshed head set once there is one."""
-        config = self.rhythm.analysis_config()
-        if not config.heads_refresh:
-            return config
-        fixed = self.head_refresh.classes() if self.head_refresh is not None else None
-        if fixed is None:  # before the first refresh: classes per sequence
-            return replace(config, heads=None, heads_file=None, heads_refresh=0)
-        layers, classes = fixed
-        return replace(config, heads=classes, heads_layers=layers, heads_file=None, heads_refresh=0)
+        heads = self.head_refresh.heads if self.head_refresh is not None else None
+        return refreshed_config(self.rhythm.analysis_config(), heads)
 
     def _analyzer_for(self, policy: torch.nn.Module) -> Analyzer:
         if self._rhythm_analyzer is None or self._rhythm_analyzer.model is not policy:

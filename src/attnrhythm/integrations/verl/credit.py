@@ -21,26 +21,44 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
 from attnrhythm.analyze import Analyzer
+from attnrhythm.config import AnalysisConfig
 from attnrhythm.integrations.verl.layout import padded_rollout, response_layout
 from attnrhythm.rollout.config import RhythmCreditConfig
-from attnrhythm.rollout.credit import rollout_gamma
+from attnrhythm.rollout.credit import RolloutCredit, rollout_gamma
+from attnrhythm.rollout.heads import refreshed_config
 
 
 @contextmanager
-def streaming_analyzer(model: torch.nn.Module, settings: RhythmCreditConfig) -> Iterator[Analyzer]:
+def streaming_analyzer(model: torch.nn.Module, config: AnalysisConfig) -> Iterator[Analyzer]:
     """An :class:`Analyzer` on ``model``; the model's attention implementation is restored on exit."""
-    config = getattr(model, "config", None)
-    previous = getattr(config, "_attn_implementation", None)
+    model_config = getattr(model, "config", None)
+    previous = getattr(model_config, "_attn_implementation", None)
     try:
-        yield Analyzer(model, settings.analysis_config())
+        yield Analyzer(model, config)
     finally:
-        if previous is not None and getattr(config, "_attn_implementation", None) != previous:
+        if previous is not None and getattr(model_config, "_attn_implementation", None) != previous:
             model.set_attn_implementation(previous)
+
+
+@dataclass
+class BatchCredit:
+    """The credit of one rank's slice: gamma in the batch's layout, counts and head spans per row.
+
+    ``spans`` (B, L, H) float32 holds each analysed row's head span d[l,h] (NaN for rows not
+    analysed) over the analysed ``layers``; both are None unless asked for (``heads: refresh:K``).
+    """
+
+    gamma: torch.Tensor
+    counts: torch.Tensor
+    spans: torch.Tensor | None = None
+    layers: list[int] | None = None
 
 
 def batch_credit(
@@ -50,13 +68,16 @@ def batch_credit(
     *,
     step: int = 0,
     rank: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    head_set: dict[str, Any] | None = None,
+) -> BatchCredit:
     """gamma for a verl rollout batch (laid out like its ``responses``) and its counts row by row.
 
     ``model`` is the current policy as verl's engine holds it (a transformers causal LM, possibly
     sharded with FSDP2); ``data`` has ``prompts``, ``responses``, ``response_mask`` and, in the
     padded layout, ``attention_mask``. Positions outside ``response_mask`` (padding, tool output)
-    keep gamma = 1. ``step``/``rank`` vary the random baseline's subsets. Every rank of the process
+    keep gamma = 1. ``step``/``rank`` vary the random baseline's subsets. With ``heads: refresh:K``
+    the analysis uses ``head_set`` (the trainer's refreshed head set; None: classes per sequence)
+    and the result carries every row's head spans for the next refresh. Every rank of the process
     group must call this together (``rollout_gamma`` agrees on the number of forwards). The counts
     are (B, len(COUNT_KEYS)) float64, one row per sequence (:attr:`RolloutCredit.row_counts`), so the
     trainer can leave verl's filler rows out of the logged metrics.
@@ -64,11 +85,25 @@ def batch_credit(
     rollout = padded_rollout(data)
     args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
     kwargs = dict(batch_size=settings.batch_size, seed_base=(step, rank))
+    config = refreshed_config(settings.analysis_config(), head_set)
+    spans = layers = None
     if settings.strategy == "none":
         # plain GRPO: no forward; rollout_gamma only reads the credit config to count the tokens
-        no_model = SimpleNamespace(config=settings.analysis_config(), max_len=None)
+        no_model = SimpleNamespace(config=config, max_len=None)
         credit = rollout_gamma(no_model, "none", *args, rollout.loss_mask, **kwargs)  # type: ignore[arg-type]
     else:
-        with streaming_analyzer(model, settings) as analyzer:
+        with streaming_analyzer(model, config) as analyzer:
             credit = rollout_gamma(analyzer, settings.strategy, *args, rollout.loss_mask, **kwargs)
-    return response_layout(credit.gamma, rollout), credit.row_counts
+            if settings.analysis_config().heads_refresh:
+                layers = list(analyzer.layers)
+                spans = row_spans(credit, rollout.prompt_ids.shape[0], len(layers), model)
+    return BatchCredit(response_layout(credit.gamma, rollout), credit.row_counts, spans, layers)
+
+
+def row_spans(credit: RolloutCredit, rows: int, layers: int, model: torch.nn.Module) -> torch.Tensor:
+    """(rows, layers, heads) float32: each analysed row's head spans, NaN for the other rows."""
+    heads = int(model.config.num_attention_heads)
+    out = torch.full((rows, layers, heads), float("nan"), dtype=torch.float32)
+    for row, span in zip(credit.span_rows, credit.spans):
+        out[row] = torch.as_tensor(span, dtype=torch.float32).reshape(layers, heads)
+    return out

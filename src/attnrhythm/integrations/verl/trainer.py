@@ -17,6 +17,7 @@ three overrides, all through verl's own hooks:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -36,13 +37,17 @@ from attnrhythm.integrations.verl.layout import nested_to_padded
 from attnrhythm.integrations.verl.worker import (
     COUNTS_FIELD,
     GAMMA_FIELD,
+    HEADS_KEY,
     SETTINGS_KEY,
+    SPAN_LAYERS_FIELD,
+    SPANS_FIELD,
     STEP_KEY,
     RhythmActorRolloutRefWorker,
 )
 from attnrhythm.method.credit import CreditConfig, shape_advantages
 from attnrhythm.rollout.config import RhythmCreditConfig
 from attnrhythm.rollout.credit import COUNT_KEYS, rhythm_metrics
+from attnrhythm.rollout.heads import HeadRefresh
 from attnrhythm.settings import flat_names
 
 MODE = "rhythm_grpo"
@@ -67,13 +72,7 @@ def rhythm_settings(config: DictConfig | Mapping[str, Any]) -> RhythmCreditConfi
             f"unknown rhythm credit setting(s) trainer.v1.{MODE}.{', '.join(unknown)}: "
             f"use the fields of RhythmCreditConfig ({', '.join(sorted(known))})"
         )
-    settings = RhythmCreditConfig(**values)
-    if settings.analysis_config().heads_refresh:
-        raise AttnRhythmError(
-            f"trainer.v1.{MODE}.heads={settings.analysis_config().heads_file}: head refresh runs in the "
-            "TRL trainer only; in verl use heads=sequence or a head set file (from `attnrhythm heads`)"
-        )
-    return settings
+    return RhythmCreditConfig(**values)
 
 
 def shape_verl_advantages(
@@ -104,6 +103,17 @@ def shape_verl_advantages(
     lengths = offsets.diff().to(padded.device)
     real = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
     return torch.nested.nested_tensor_from_jagged(padded[real].contiguous(), offsets=offsets)
+
+
+def _absolute(path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def dense_rows(field: torch.Tensor) -> torch.Tensor:
+    """A per-row field of equal-shaped rows as a dense tensor (TransferQueue hands them back nested)."""
+    if field.is_nested:
+        return torch.stack(list(field.unbind()))
+    return field
 
 
 def count_rows(counts: torch.Tensor) -> torch.Tensor:
@@ -147,6 +157,10 @@ class RhythmPPOTrainer(PPOTrainerSync):
         section = OmegaConf.select(config, f"trainer.v1.{MODE}", default=None) or {}
         self.parameter_sync_step = section.get("parameter_sync_step", 1)
         self._rhythm_seconds = 0.0
+        analysis = self.rhythm.analysis_config()
+        self.head_refresh: HeadRefresh | None = None  # heads: refresh:K
+        if analysis.heads_refresh and self.rhythm.strategy != "none":
+            self.head_refresh = HeadRefresh(analysis.heads_refresh, analysis.head_quantile)
 
     @property
     def trainer_mode(self) -> str:
@@ -168,16 +182,67 @@ class RhythmPPOTrainer(PPOTrainerSync):
         self._rhythm_seconds = 0.0
         if self.rhythm.strategy == "none":
             return batch
+        step = int(getattr(self, "global_steps", 0))
+        refresh = self.head_refresh
+        if refresh is not None:
+            done = max(step - 1, 0)  # steps completed before this one (verl counts from 1)
+            if refresh.due(done):
+                metrics.update({f"rhythm/{k}": v for k, v in refresh.refresh(done).items()})
+            batch.extra_info[HEADS_KEY] = refresh.heads
         batch.extra_info[SETTINGS_KEY] = self.rhythm.flat()
-        batch.extra_info[STEP_KEY] = int(getattr(self, "global_steps", 0))
+        batch.extra_info[STEP_KEY] = step
         started = time.perf_counter()
         try:
             self.actor_rollout_wg.compute_rhythm_credit(batch)
         finally:
-            batch.extra_info.pop(SETTINGS_KEY, None)
-            batch.extra_info.pop(STEP_KEY, None)
+            for key in (SETTINGS_KEY, STEP_KEY, HEADS_KEY):
+                batch.extra_info.pop(key, None)
         self._rhythm_seconds = time.perf_counter() - started
+        if refresh is not None:
+            self._collect_spans(batch)
+            metrics["rhythm/heads_refreshes"] = float(refresh.refreshes)
         return batch
+
+    def _collect_spans(self, batch: KVBatchMeta) -> None:
+        """Add the head spans of this batch's analysed real rollouts to the refresh corpus."""
+        assert self.head_refresh is not None
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=[SPANS_FIELD, SPAN_LAYERS_FIELD]
+        )
+        spans, layers = (dense_rows(data[name]) for name in (SPANS_FIELD, SPAN_LAYERS_FIELD))
+        rows = [
+            b
+            for b, tag in enumerate(batch.tags)
+            if not tag.get("is_padding", False) and not torch.isnan(spans[b]).any()
+        ]
+        if rows:
+            self.head_refresh.add([int(x) for x in layers[rows[0]].reshape(-1)], [spans[b] for b in rows])
+
+    def _step_folder(self) -> str:
+        """The checkpoint folder of the current step, as verl names it (absolute)."""
+        step = f"global_step_{self.global_steps}"
+        return _absolute(os.path.join(self.config.trainer.default_local_dir, step))
+
+    def _save_checkpoint(self) -> None:
+        """verl's checkpoint, with ``rhythm_heads.json`` (the head refresh state) under ``refresh:K``.
+
+        The head state is written first, so verl's ``latest_checkpointed_iteration.txt`` never
+        names a checkpoint without it.
+        """
+        if self.head_refresh is not None:
+            folder = self._step_folder()
+            os.makedirs(folder, exist_ok=True)
+            self.head_refresh.save(folder)
+        super()._save_checkpoint()
+
+    def _load_checkpoint(self) -> None:
+        """verl's resume; a ``refresh:K`` run also restores the head set of the checkpoint."""
+        super()._load_checkpoint()
+        if self.head_refresh is None or self.global_steps <= 0:
+            return
+        trainer = self.config.trainer
+        resumed = trainer.resume_from_path if trainer.resume_mode == "resume_path" else None
+        self.head_refresh.load(_absolute(str(resumed)) if resumed else self._step_folder())
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._compute_advantage(batch, metrics)
