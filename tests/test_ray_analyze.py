@@ -122,3 +122,18 @@ def test_the_ray_engine_without_ray_is_one_line(capsys, monkeypatch, tmp_path):
     code, _, err = run(capsys, "analyze", "-i", src, "-o", tmp_path / "out.jsonl", "--engine", "ray")
     assert code != 0
     assert "pip install 'attnrhythm[ray]'" in one_error_line(err)
+
+
+def test_settings_no_actor_could_run_are_one_line():
+    from attnrhythm.errors import AttnRhythmError
+    from attnrhythm.ray_engine import RayResources
+
+    RayResources(actors=2, gpus=1).check("cuda")
+    RayResources(actors=2).check("cpu")
+    for resources, device, fix in (
+        (RayResources(), "cuda", "--ray-gpus 1"),
+        (RayResources(actors=0), "cpu", "--ray-actors 0"),
+        (RayResources(cpus=-1), "cpu", "must be >= 0"),
+    ):
+        with pytest.raises(AttnRhythmError, match=fix):
+            resources.check(device)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from attnrhythm.analyze import AnalysisConfig, Analyzer
+from attnrhythm.distributed import Launch
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.records import InputItem, ResumableWriter
 from attnrhythm.runner import (
@@ -52,11 +53,16 @@ class RayResources:
     cpus: float = 1.0
     gpus: float = 0.0
 
-    def check(self) -> None:
+    def check(self, device: str) -> None:
+        """One-line errors for settings no actor could run with on ``device``."""
         if self.actors < 1:
             raise AttnRhythmError(f"bad --ray-actors {self.actors}: it must be >= 1")
         if self.cpus < 0 or self.gpus < 0:
             raise AttnRhythmError("--ray-cpus and --ray-gpus must be >= 0")
+        if device.startswith("cuda") and self.gpus == 0:
+            raise AttnRhythmError(
+                f"--device {device} on Ray needs a GPU per actor: pass --ray-gpus 1 (or a share like 0.5)"
+            )
 
 
 def import_ray() -> Any:
@@ -182,7 +188,11 @@ def analyze_ray(
 ) -> RunSummary:
     """Analyse ``items`` on a Ray cluster into ``out`` (resumable, atomic, in input order)."""
     ray = import_ray()
-    resources.check()
+    resources.check(device)
+    if Launch.from_env().world > 1:
+        raise AttnRhythmError(
+            "--engine ray runs from one process: start it with python or attnrhythm, not torchrun/accelerate"
+        )
     from attnrhythm.models import load_skeleton
 
     generation = generation or GenerationConfig()
