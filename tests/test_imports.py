@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "rollout": 4,
     "diff": 4,
     "distributed": 4,
+    "ray_engine": 4,
     "views": 5,
     "train": 5,
     "integrations": 5,
@@ -161,7 +162,7 @@ def test_the_command_line_help_does_not_load_torch():
         "runner = CliRunner()\n"
         "for args in ([], ['analyze'], ['train'], ['eval'], ['study', 'couplings'], ['report']):\n"
         "    assert runner.invoke(app, [*args, '--help']).exit_code == 0, args\n"
-        "heavy = [m for m in ('torch', 'transformers', 'numpy', 'trl') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'numpy', 'trl', 'ray') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     env_path = str(SRC)

@@ -50,6 +50,7 @@ __all__ = [
     "embedded_gguf_path",
     "is_chat_model",
     "load_model",
+    "load_skeleton",
     "resolve_checkpoint",
 ]
 
@@ -388,10 +389,37 @@ def load_model(
             f"cannot move the model to device '{device}' ({_first_line(exc)}): pass a device this machine has"
         ) from exc
     model.eval()
+    return model, _padding(tokenizer)
+
+
+def _padding(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Pad on the left, with the EOS token when the tokenizer has no pad token."""
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return model, tokenizer
+    return tokenizer
+
+
+def load_skeleton(spec: str = EMBEDDED_SPEC) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model :func:`load_model` would load for ``spec`` on the meta device (its structure and
+    config, no weights, no memory) and its tokenizer: what a process that only plans and checks the
+    work needs, e.g. the driver of a Ray run."""
+    spec = str(spec).strip()
+    resolved = resolve_checkpoint(spec)
+    gguf = _gguf_source(spec)
+    if gguf is not None and not _is_converted(Path(resolved)):
+        _convert(spec, gguf, Path(resolved))
+    try:
+        with _quiet_transformers(), torch.device("meta"):
+            config = AutoConfig.from_pretrained(str(resolved), local_files_only=True)
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=_ATTN_IMPLEMENTATION)
+            tokenizer = AutoTokenizer.from_pretrained(str(resolved), local_files_only=True)
+    except Exception as exc:
+        raise AttnRhythmError(
+            f"cannot load model '{spec}' ({_first_line(exc)}): check that it holds a complete Hugging "
+            "Face checkpoint (config.json, tokenizer)"
+        ) from exc
+    return model.eval(), _padding(tokenizer)
 
 
 def is_chat_model(tokenizer: PreTrainedTokenizerBase) -> bool:

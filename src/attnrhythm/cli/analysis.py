@@ -50,6 +50,20 @@ def analyze(
     report: Path = typer.Option(
         None, "--report", help="Also write an offline HTML report of all records in --out to this file."
     ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="local: this process (or each rank of torchrun/accelerate launch); ray: a Ray cluster "
+        "(pip install 'attnrhythm[ray]').",
+    ),
+    ray_address: str = typer.Option(
+        None,
+        "--ray-address",
+        help="Ray cluster to join (auto: the one `ray start` runs on this node); default: a new local one.",
+    ),
+    ray_actors: int = typer.Option(1, "--ray-actors", help="Ray actors, one model each."),
+    ray_cpus: float = typer.Option(1.0, "--ray-cpus", help="CPUs each Ray actor holds."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="GPUs each Ray actor holds (1: one GPU each)."),
 ) -> None:
     """Analyse prompt+response traces: head spans and classes, WAAD, FAI, entropy, roles, gamma."""
     from attnrhythm.distributed import run_analyze
@@ -67,6 +81,8 @@ def analyze(
         raise AttnRhythmError("pass either --input or --prompt/--response, not both")
     if input is None and response is None:
         raise AttnRhythmError("--prompt needs --response (or put prompt-only lines in --input to generate)")
+    if engine not in ("local", "ray"):
+        raise AttnRhythmError(f"unknown --engine {engine!r}: use local or ray")
     check_file_target(out)
     if report is not None:
         check_file_target(report, "report.html")
@@ -95,21 +111,26 @@ def analyze(
     items = (
         read_inputs(input) if input is not None else [InputItem(0, {"prompt": prompt, "response": response})]
     )
+    generation = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     with opts.progress() as progress:
         task = progress.add_task("analysing", total=len(items))
-        # one process, or this rank's share under torchrun / accelerate launch (attnrhythm.distributed)
-        summary = run_analyze(
-            items,
+        kwargs = dict(
             model=model,
             device=device,
-            load=opts.load,
             config=config,
             out=out,
             batch_size=batch_size,
             chat=chat,
-            generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
+            generation=generation,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
+        if engine == "ray":  # the same batches on a pool of Ray actors (attnrhythm.ray_engine)
+            from attnrhythm.ray_engine import RayResources, analyze_ray
+
+            resources = RayResources(address=ray_address, actors=ray_actors, cpus=ray_cpus, gpus=ray_gpus)
+            summary = analyze_ray(items, resources=resources, **kwargs)
+        else:  # one process, or this rank's share under torchrun / accelerate launch (attnrhythm.distributed)
+            summary = run_analyze(items, load=opts.load, **kwargs)
     if input is None and summary.errors:
         raise AttnRhythmError(summary.errors[0])
     opts.report_skipped(summary.errors, total=len(items))
