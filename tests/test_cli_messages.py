@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import typer
@@ -127,14 +128,15 @@ def test_progress_prints_lines_when_not_a_terminal(capsys):
 
 
 def test_long_work_without_a_bar_says_what_it_does_in_a_log(capsys):
-    with opts.working("generating and analysing 3 answers ...", quiet_seconds=0):
-        pass
+    with opts.working("generating and analysing 3 answers ...", quiet_seconds=0.05):
+        time.sleep(0.3)
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "generating and analysing 3 answers ..."
     assert lines[1].startswith("generating and analysing 3 answers: done (") and len(lines) == 2
-    with opts.working("loading model [x] ..."):  # quick work: the first line only, brackets kept
-        pass
-    assert capsys.readouterr().err.splitlines() == ["loading model [x] ..."]
+    with pytest.raises(AttnRhythmError):  # quick work or an early error: nothing but the error
+        with opts.working("rendering [2] traces ..."):
+            raise AttnRhythmError("bad")
+    assert capsys.readouterr().err == ""
 
 
 def test_a_metric_empty_for_every_token_is_named_with_the_fix():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,17 +131,24 @@ class LineProgress:
 
 @contextmanager
 def working(text: str, quiet_seconds: float = 2.0) -> Iterator[None]:
-    """A spinner with ``text`` on a terminal; in a log or a pipe, ``text`` as a line on stderr at the
-    start and ``text: done (N s)`` at the end (work done sooner than ``quiet_seconds``: the first only)."""
+    """A spinner with ``text`` on a terminal. In a log or a pipe: ``text`` as a line on stderr once the
+    work has taken ``quiet_seconds`` and ``text: done (N s)`` when it ends; quicker work (or an early
+    error) prints nothing."""
     if console.is_terminal:
         with console.status(text):
             yield
         return
-    console.print(text, highlight=False)
     started = time.monotonic()
-    yield
-    elapsed = time.monotonic() - started
-    if elapsed >= quiet_seconds:
+    timer = threading.Timer(quiet_seconds, lambda: console.print(text, highlight=False))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+    if time.monotonic() - started >= quiet_seconds:
+        timer.join()  # its line first
+        elapsed = time.monotonic() - started
         console.print(f"{text.removesuffix(' ...')}: done ({elapsed:.0f} s)", highlight=False)
 
 
@@ -174,5 +182,5 @@ def report_skipped(errors: list[str], *, shown: int = 5, total: int | None = Non
 def load(model: str, device: str):
     from attnrhythm.models import load_model
 
-    with working(f"loading model {model} ..."):
+    with console.status(f"loading model {model} ..."):
         return load_model(model, device=device)

@@ -55,7 +55,7 @@ def _task_options(items: list[str] | None) -> dict[str, Any] | None:
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` and ``eval`` commands to ``app``."""
-    from attnrhythm.cli.options import DeviceOpt, ModelOpt, console, out_console, tagged, working
+    from attnrhythm.cli.options import DeviceOpt, ModelOpt, console, out_console, tagged
     from attnrhythm.cli.options import progress as _progress
 
     @app.command()
@@ -227,7 +227,7 @@ def register(app: typer.Typer) -> None:
             opts = {k: tuple(v) if isinstance(v, list) else v for k, v in (options or {}).items()}
             task_obj = get_task(task or "countdown", **opts)
         exclude = training_prompts(run_settings) if run_settings is not None else None
-        with working(f"loading model {model} ..."):
+        with console.status(f"loading model {model} ..."):
             lm, tokenizer = load_model(model, device=device)
         with _progress() as bar:
             job = bar.add_task("evaluating", total=None)
