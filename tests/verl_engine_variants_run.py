@@ -48,9 +48,7 @@ def reference_models(variant: str, model_dir: str, engine) -> list[torch.nn.Modu
     from peft import LoraConfig, get_peft_model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    full = get_model_state_dict(
-        engine.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
+    full = get_model_state_dict(engine.module, options=StateDictOptions(full_state_dict=True))
     lora_config = LoraConfig(
         task_type="CAUSAL_LM", r=LORA["lora_rank"], lora_alpha=LORA["lora_alpha"], target_modules="all-linear"
     )
