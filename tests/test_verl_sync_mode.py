@@ -115,6 +115,20 @@ def test_checkpoint_holds_no_transfer_queue_state(modes):
     assert any(f.startswith("global_step_1/transfer_queue/") for f in control["checkpoint_files"])
 
 
+def test_head_refresh_state_is_the_only_addition_and_resumes(modes):
+    sync, refresh = modes["sync"], modes["rhythm_grpo_refresh"]
+    assert refresh["trainer_mode"] == "sync" and refresh["replay_buffer"] == "ReplayBuffer"
+    for key in ("gen_batch_size", "dataloader_batch_size", "reissued", "regenerated", "resumed_next_indices"):
+        assert refresh[key] == sync[key], key
+    assert refresh["checkpoint_files"] == sorted(
+        [*sync["checkpoint_files"], "global_step_1/rhythm_heads.json"]
+    )
+    assert (
+        refresh["head_state_saved"]["spans"] and refresh["head_state_resumed"] == refresh["head_state_saved"]
+    )
+    assert refresh["resumed_global_steps"] == 1
+
+
 def test_resume_continues_without_reissuing_prompts(modes):
     rhythm, control = modes[MODE], modes["colocate_async"]
     assert rhythm["resumed_global_steps"] == 1 and rhythm["resumed_actor"] == ["global_step_1/actor"]

@@ -1,5 +1,8 @@
 """verl's mode-dependent trainer code run for ``sync``, ``rhythm_grpo`` and ``colocate_async`` (control).
 
+``rhythm_grpo`` runs twice: with the default head setting and with ``heads=refresh:2``, whose head
+refresh state it writes beside verl's checkpoint (``rhythm_heads.json``) and restores on resume.
+
 tests/test_verl_sync_mode.py runs this as a Ray driver with a local Ray cluster and TransferQueue.
 For each mode, verl's own trainer class (``get_trainer_cls(mode)(config)``) runs verl's own
 methods wherever verl tests ``trainer_mode == "sync"``:
@@ -29,7 +32,14 @@ from pathlib import Path
 
 import torch
 
-MODES = ("sync", "rhythm_grpo", "colocate_async")
+# run name -> (trainer mode, extra overrides); rhythm_grpo_refresh: heads=refresh:K, whose head
+# refresh state the mode saves beside verl's checkpoint and restores on resume
+RUNS = {
+    "sync": ("sync", []),
+    "rhythm_grpo": ("rhythm_grpo", []),
+    "rhythm_grpo_refresh": ("rhythm_grpo", ["+trainer.v1.rhythm_grpo.heads=refresh:2"]),
+    "colocate_async": ("colocate_async", []),
+}
 
 
 class WorkerGroupStandIn:
@@ -104,12 +114,18 @@ def replay_buffer_behaviour(buffer, sync_like: bool) -> dict:
     return out
 
 
-def run_mode(mode: str, spec: dict) -> dict:
+def run_mode(name: str, spec: dict) -> dict:
     from omegaconf import OmegaConf
     from verl.trainer.ppo.v1 import get_trainer_cls
 
-    ckpt = Path(spec["work"]) / mode / "checkpoints"
-    base = [f"trainer.v1.trainer_mode={mode}", *spec["overrides"], f"trainer.default_local_dir={ckpt}"]
+    mode, extra = RUNS[name]
+    ckpt = Path(spec["work"]) / name / "checkpoints"
+    base = [
+        f"trainer.v1.trainer_mode={mode}",
+        *spec["overrides"],
+        *extra,
+        f"trainer.default_local_dir={ckpt}",
+    ]
     trainer = get_trainer_cls(mode)(compose([*base, "trainer.resume_mode=disable"]))
     buffer = trainer.replay_buffer
     out: dict = dict(
@@ -139,6 +155,10 @@ def run_mode(mode: str, spec: dict) -> dict:
     trainer.actor_rollout_wg = WorkerGroupStandIn()
     trainer._add_batch_to_generate()
     out["submitted"] = trainer.agent_loop_manager.generated
+    refresh = getattr(trainer, "head_refresh", None)
+    if refresh is not None:  # spans collected during step 1, as the mode's _collect_spans adds them
+        refresh.add([0, 1], [torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[2.0, 1.0], [4.0, 3.0]])])
+        out["head_state_saved"] = refresh.state()
     trainer._save_checkpoint()
     out["checkpoint_files"] = sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file())
     out["next_indices"] = [int(i) for i in trainer._next_train_batch()["index"]]
@@ -158,6 +178,8 @@ def run_mode(mode: str, spec: dict) -> dict:
     out["resumed_next_indices"] = [int(i) for i in resumed._next_train_batch()["index"]]
     if mode == "rhythm_grpo":
         out["rhythm"] = (resumed.rhythm.flat(), resumed.configured_mode, resumed.parameter_sync_step)
+        if resumed.head_refresh is not None:
+            out["head_state_resumed"] = resumed.head_refresh.state()
     clear_train_partition()
     return out
 
@@ -178,7 +200,7 @@ def main(spec_file: str, out_file: str) -> None:
         OmegaConf.resolve(tq_config)
         tq.init(tq_config)
         try:
-            results = {mode: run_mode(mode, spec) for mode in MODES}
+            results = {name: run_mode(name, spec) for name in RUNS}
         finally:
             tq.close()
     finally:
