@@ -2,6 +2,8 @@
 
 * :mod:`.layout`: verl's padded and no-padding (nested) rollout layouts <-> the completion grid;
 * :mod:`.credit`: gamma for a rollout batch from the actor's live (FSDP2) module;
+* :mod:`.engine`: the actor setups the credit supports (checked at trainer init) and the causal LM
+  it analyses inside verl's engine module (PEFT unwrapped);
 * :mod:`.worker`: ``RhythmActorRolloutRefWorker``, verl's actor worker plus ``compute_rhythm_credit``;
 * :mod:`.trainer`: the trainer mode ``rhythm_grpo`` (``trainer.v1.trainer_mode=rhythm_grpo``);
 * :mod:`.plugin`: what verl imports (entry point ``verl.plugins``) to register the mode.

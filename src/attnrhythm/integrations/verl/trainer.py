@@ -33,6 +33,7 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from attnrhythm.errors import AttnRhythmError
+from attnrhythm.integrations.verl.engine import check_actor_config
 from attnrhythm.integrations.verl.layout import nested_to_padded
 from attnrhythm.integrations.verl.worker import (
     COUNTS_FIELD,
@@ -153,6 +154,7 @@ class RhythmPPOTrainer(PPOTrainerSync):
 
     def __init__(self, config: DictConfig) -> None:
         self.rhythm = rhythm_settings(config)  # a bad setting fails before any worker starts
+        check_actor_config(config)  # so does an actor setup the credit cannot analyse
         super().__init__(config)
         section = OmegaConf.select(config, f"trainer.v1.{MODE}", default=None) or {}
         self.parameter_sync_step = section.get("parameter_sync_step", 1)

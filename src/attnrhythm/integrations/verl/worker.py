@@ -18,6 +18,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from attnrhythm.errors import AttnRhythmError
 from attnrhythm.integrations.verl.credit import batch_credit
+from attnrhythm.integrations.verl.engine import causal_lm
 from attnrhythm.rollout.config import RhythmCreditConfig
 
 SETTINGS_KEY = "rhythm_credit"  # non-tensor entry of the batch: the RhythmCreditConfig fields
@@ -52,9 +53,9 @@ class RhythmActorRolloutRefWorker(ActorRolloutRefWorker):
         step = int(tu.get(data, STEP_KEY, 0) or 0)
         engine = self.actor.engine
         head_set = tu.get(data, HEADS_KEY, None)
-        with engine.eval_mode():
+        with engine.eval_mode(), causal_lm(engine.module) as model:  # eval_mode loads offloaded params
             credit = batch_credit(
-                engine.module,
+                model,
                 data,
                 settings,
                 step=step,
