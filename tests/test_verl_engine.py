@@ -37,7 +37,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(world: int, model_dir: Path, out_dir: Path) -> list[dict]:
+def run_ranks(world: int, model_dir: Path, out_dir: Path, script: str = "verl_engine_run.py") -> list[dict]:
     port = str(_free_port())
     procs = []
     for rank in range(world):
@@ -59,7 +59,7 @@ def run_ranks(world: int, model_dir: Path, out_dir: Path) -> list[dict]:
         log = open(out_dir / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
         cmd = [
             sys.executable,
-            str(TESTS / "verl_engine_run.py"),
+            str(TESTS / script),
             str(model_dir),
             str(out_dir / f"rank{rank}.pt"),
         ]

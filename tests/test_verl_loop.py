@@ -7,8 +7,9 @@ agent loop manager and workers writing each sample to TransferQueue, its replay 
 metrics and checkpoints. Only rollout generation (vLLM/SGLang, GPU) is replaced: the agent loop
 returns written rollouts (tests/verl_written_rollouts.py). Checked on every row of every step:
 
-* gamma equals ``rollout_gamma`` of the plain transformers model with the weights of that step
-  (the initial files, then the checkpoint verl saved after step 1);
+* gamma, captured in verl's own old-log-prob forward (the default ``credit_forward=auto``; padded
+  layout on 1 rank, packed on 2), equals ``rollout_gamma`` of the plain transformers model with the
+  weights of that step (the initial files, then the checkpoint verl saved after step 1);
 * the shaped advantages equal ``where(A >= 0, gamma A, A)`` of verl's GRPO advantages;
 * the ``rhythm/*`` metrics count the real rollouts only (verl's filler rows left out);
 * the actor update ran and changed the weights; the mode behaved as verl's sync trainer.
@@ -90,7 +91,9 @@ def overrides(
         f"actor_rollout_ref.model.path={model_dir}",
         "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
         "actor_rollout_ref.model.enable_gradient_checkpointing=false",
-        "actor_rollout_ref.model.use_remove_padding=false",
+        # the credit rides in verl's old-log-prob forward (credit_forward=auto): padded on 1 rank,
+        # packed (remove-padding) on 2
+        f"actor_rollout_ref.model.use_remove_padding={'true' if world == 2 else 'false'}",
         "actor_rollout_ref.actor.strategy=fsdp2",
         "+actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
         "actor_rollout_ref.actor.fsdp_config.use_torch_compile=false",
@@ -223,7 +226,8 @@ def test_rhythm_grpo_steps_through_verls_loop(world, model_dir, tmp_path):
         for b, (gamma, adv, shaped) in enumerate(rows):
             n = len(step["responses"][b])
             assert gamma.shape == (n,)
-            torch.testing.assert_close(gamma, ref.gamma[b, :n], rtol=0, atol=0)
+            # captured in verl's forward: the separate analysis' gamma to float32 rounding
+            torch.testing.assert_close(gamma, ref.gamma[b, :n], rtol=1e-5, atol=1e-5)
             mask = step["response_mask"][b].bool()
             assert torch.all(gamma[~mask] == 1)  # tool output and filler rows: no credit
             torch.testing.assert_close(shaped, torch.where(adv >= 0, gamma * adv, adv), rtol=0, atol=0)
@@ -247,6 +251,7 @@ def test_rhythm_grpo_steps_through_verls_loop(world, model_dir, tmp_path):
         analysed = sum(1 for b, r in enumerate(step["responses"]) if not filler[b] and len(r) >= 2)
         assert step["metrics"]["rhythm/analysed_share"] == pytest.approx(analysed / 6)
         assert "actor/pg_loss" in step["metrics"]  # verl's actor update ran
+        assert step["metrics"]["rhythm/fused"] == 1.0  # from verl's own old-log-prob forward
     assert seen_cases == {"tool", "one_token"} and ONE_TOKEN[0] < 3 and min(i for i, _ in TOOL) < 3
     # the actor update changed the weights, step after step
     final = checkpoints / "global_step_2" / "actor" / "huggingface"

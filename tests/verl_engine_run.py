@@ -39,19 +39,22 @@ def rollout_rows(rank: int, vocab: int) -> list[dict[str, torch.Tensor]]:
         mask = torch.ones(rlen, dtype=torch.int64)
         if tool is not None:
             mask[tool[0] : tool[1]] = 0  # tool output: in the context, outside the loss
-        ids = torch.cat([prompt, response])
-        rows.append(
-            dict(
-                prompts=prompt,
-                responses=response,
-                input_ids=ids,
-                position_ids=torch.arange(len(ids)),
-                attention_mask=torch.ones(len(ids), dtype=torch.int64),
-                response_mask=mask,
-                loss_mask=mask,
-            )
-        )
+        rows.append(row_fields(prompt, response, mask))
     return rows
+
+
+def row_fields(prompt: torch.Tensor, response: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One sample as verl's agent loop writes it (no-padding layout): prompt + response."""
+    ids = torch.cat([prompt, response])
+    return dict(
+        prompts=prompt,
+        responses=response,
+        input_ids=ids,
+        position_ids=torch.arange(len(ids)),
+        attention_mask=torch.ones(len(ids), dtype=torch.int64),
+        response_mask=mask,
+        loss_mask=mask,
+    )
 
 
 def padded_batch(rows: list[dict[str, torch.Tensor]]):

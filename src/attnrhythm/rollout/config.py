@@ -39,6 +39,9 @@ class RhythmCreditConfig(Composed):
             micro-batch (the advantages are shaped before the loss is reduced). The ``entropy``
             strategy can be fused only into the loss forward at ``temperature`` 1.0 (its entropy is
             the untempered one); elsewhere ``fused`` is an error for it (raised by the trainer).
+            ``fused`` (verl): captured in verl's own no-grad old-log-prob forward of the actor
+            (``compute_log_prob``), in either of its layouts; not for the ``entropy`` strategy
+            or Ulysses sequence parallelism (docs/verl.md).
             ``auto`` (default): ``fused`` where possible, else ``separate``.
     """
 
@@ -47,7 +50,7 @@ class RhythmCreditConfig(Composed):
     batch_size: int = setting(8, help="Sequences per credit forward pass.", flag="--credit-batch-size")
     credit_forward: str = setting(
         "auto",
-        help="auto, fused (captured in a forward TRL runs anyway: old-logprob or loss), separate.",
+        help="auto, fused (captured in a forward the trainer runs anyway: old-logprob or loss), separate.",
     )
 
     _source = "the rhythm credit settings"

@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from attnrhythm.analyze import Analyzer
+from attnrhythm.analyze import Analyzer, TraceResult
 from attnrhythm.config import AnalysisConfig
-from attnrhythm.integrations.verl.layout import padded_rollout, response_layout
+from attnrhythm.integrations.verl.layout import PaddedRollout, padded_rollout, response_layout
 from attnrhythm.rollout.config import RhythmCreditConfig
-from attnrhythm.rollout.credit import RolloutCredit, rollout_gamma
+from attnrhythm.rollout.credit import RolloutCredit, credit_from_results, rollout_gamma
 from attnrhythm.rollout.heads import refreshed_config
 
 
@@ -107,3 +107,29 @@ def row_spans(credit: RolloutCredit, rows: int, layers: int, model: torch.nn.Mod
     for row, span in zip(credit.span_rows, credit.spans):
         out[row] = torch.as_tensor(span, dtype=torch.float32).reshape(layers, heads)
     return out
+
+
+def captured_credit(
+    results: list[tuple[int, TraceResult]],
+    rollout: PaddedRollout,
+    settings: RhythmCreditConfig,
+    *,
+    step: int = 0,
+    rank: int = 0,
+) -> BatchCredit:
+    """:func:`batch_credit`'s result from results captured in verl's own forward (:mod:`.fused`).
+
+    ``results`` holds (row, result) per analysed row of ``rollout``; every other row keeps
+    gamma = 1, as in :func:`batch_credit`, whose seeds (``step``, ``rank``) it shares. No head
+    spans (``heads: refresh:K`` takes the separate forward).
+    """
+    credit = credit_from_results(
+        settings.analysis_config().credit,
+        settings.strategy,
+        results,
+        rollout.completion_ids,
+        rollout.completion_mask,
+        rollout.loss_mask,
+        seed_base=(step, rank),
+    )
+    return BatchCredit(response_layout(credit.gamma, rollout), credit.row_counts)

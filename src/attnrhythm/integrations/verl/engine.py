@@ -112,9 +112,17 @@ def causal_lm(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     and the parameters owned by the sharded ``PeftModel`` root are gathered while it runs
     (the analysis bypasses the root's forward). Without PEFT the module is yielded as is.
     """
-    unwrap = getattr(module, "get_base_model", None)
-    if not (callable(unwrap) and hasattr(module, "peft_config")):
+    base = peft_base(module)
+    if base is None:
         yield module
         return
     with full_parameters(module):
-        yield unwrap()
+        yield base
+
+
+def peft_base(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The transformers model inside a PEFT ``PeftModel`` (adapters in place), None for any other module."""
+    unwrap = getattr(module, "get_base_model", None)
+    if not (callable(unwrap) and hasattr(module, "peft_config")):
+        return None
+    return unwrap()

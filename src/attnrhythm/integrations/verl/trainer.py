@@ -7,8 +7,10 @@ section, ``+trainer.v1.rhythm_grpo.strategy=coupled`` and any other field of
 three overrides, all through verl's own hooks:
 
 * ``_init_resource_pool_mgr``: the actor role runs :class:`RhythmActorRolloutRefWorker`;
-* ``_compute_old_log_prob``: after verl's old log-probs, the actor workers compute gamma for the
-  batch with the same weights (the current policy) and store it beside the batch;
+* ``_compute_old_log_prob``: the rhythm statistics of the batch come from verl's own old-log-prob
+  forward of the actor (``credit_forward`` ``auto``, the default, or ``fused``; see :mod:`.fused`),
+  or, with ``separate``, from one more no-grad forward of the actor right after it; either way
+  gamma is stored beside the batch;
 * ``_compute_advantage``: after verl's advantage estimator (GRPO), the token advantages become
   ``gamma * A`` where ``A >= 0`` and stay ``A`` where ``A < 0`` (docs/method.md section 5; ``shape=both``
   scales ``A < 0`` too, ``gamma_norm=mean`` makes gamma's mean over each response mask 1), and the
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import ray
@@ -37,6 +40,7 @@ from attnrhythm.integrations.verl.engine import check_actor_config
 from attnrhythm.integrations.verl.layout import nested_to_padded
 from attnrhythm.integrations.verl.worker import (
     COUNTS_FIELD,
+    FUSED_FIELD,
     GAMMA_FIELD,
     HEADS_KEY,
     SETTINGS_KEY,
@@ -117,8 +121,24 @@ def dense_rows(field: torch.Tensor) -> torch.Tensor:
     return field
 
 
+@contextmanager
+def _credit_request(
+    batch: KVBatchMeta, settings: RhythmCreditConfig, step: int, refresh: HeadRefresh | None
+) -> Iterator[None]:
+    """The credit settings, step and (``refresh:K``) head set ride in the batch's extra info."""
+    batch.extra_info[SETTINGS_KEY] = settings.flat()
+    batch.extra_info[STEP_KEY] = int(step or 0)
+    if refresh is not None:
+        batch.extra_info[HEADS_KEY] = refresh.heads
+    try:
+        yield
+    finally:
+        for key in (SETTINGS_KEY, STEP_KEY, HEADS_KEY):
+            batch.extra_info.pop(key, None)
+
+
 def count_rows(counts: torch.Tensor) -> torch.Tensor:
-    """The (B, K) per-row counts as a dense tensor (TransferQueue hands them back nested)."""
+    """A per-row field (the (B, K) counts, the (B,) fused flags) dense: TransferQueue hands it back nested."""
     if counts.is_nested:
         return torch.stack([row.reshape(-1) for row in counts.unbind()])
     return counts
@@ -155,6 +175,12 @@ class RhythmPPOTrainer(PPOTrainerSync):
     def __init__(self, config: DictConfig) -> None:
         self.rhythm = rhythm_settings(config)  # a bad setting fails before any worker starts
         check_actor_config(config)  # so does an actor setup the credit cannot analyse
+        correction = OmegaConf.select(config, "algorithm.rollout_correction.bypass_mode", default=False)
+        if self.rhythm.credit_forward == "fused" and self.rhythm.strategy != "none" and correction:
+            raise AttnRhythmError(
+                f"trainer.v1.{MODE}.credit_forward=fused needs verl's old-log-prob forward, which "
+                "algorithm.rollout_correction.bypass_mode=true skips: use credit_forward=auto or separate"
+            )
         super().__init__(config)
         section = OmegaConf.select(config, f"trainer.v1.{MODE}", default=None) or {}
         self.parameter_sync_step = section.get("parameter_sync_step", 1)
@@ -179,27 +205,31 @@ class RhythmPPOTrainer(PPOTrainerSync):
             if role in self.role_worker_mapping:
                 self.role_worker_mapping[role] = ray.remote(RhythmActorRolloutRefWorker)
 
+    def _bypasses_old_log_prob(self) -> bool:
+        """verl's rollout-correction bypass mode: old log-probs are the rollout's, no actor forward."""
+        correction = self.config.algorithm.get("rollout_correction", None)
+        return bool(correction and correction.get("bypass_mode", False))
+
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        batch = super()._compute_old_log_prob(batch, metrics)
         self._rhythm_seconds = 0.0
         if self.rhythm.strategy == "none":
-            return batch
+            return super()._compute_old_log_prob(batch, metrics)
         step = int(getattr(self, "global_steps", 0))
         refresh = self.head_refresh
         if refresh is not None:
             done = max(step - 1, 0)  # steps completed before this one (verl counts from 1)
             if refresh.due(done):
                 metrics.update({f"rhythm/{k}": v for k, v in refresh.refresh(done).items()})
-            batch.extra_info[HEADS_KEY] = refresh.heads
-        batch.extra_info[SETTINGS_KEY] = self.rhythm.flat()
-        batch.extra_info[STEP_KEY] = step
-        started = time.perf_counter()
-        try:
-            self.actor_rollout_wg.compute_rhythm_credit(batch)
-        finally:
-            for key in (SETTINGS_KEY, STEP_KEY, HEADS_KEY):
-                batch.extra_info.pop(key, None)
-        self._rhythm_seconds = time.perf_counter() - started
+        if self.rhythm.credit_forward != "separate" and not self._bypasses_old_log_prob():
+            # the actor's compute_log_prob carries the credit (fused, or separate right after it)
+            with _credit_request(batch, self.rhythm, step, refresh):
+                batch = super()._compute_old_log_prob(batch, metrics)
+        else:
+            batch = super()._compute_old_log_prob(batch, metrics)
+            started = time.perf_counter()
+            with _credit_request(batch, self.rhythm, step, refresh):
+                self.actor_rollout_wg.compute_rhythm_credit(batch)
+            self._rhythm_seconds = time.perf_counter() - started
         if refresh is not None:
             self._collect_spans(batch)
             metrics["rhythm/heads_refreshes"] = float(refresh.refreshes)
@@ -262,12 +292,14 @@ class RhythmPPOTrainer(PPOTrainerSync):
         data = tq.kv_batch_get(
             keys=batch.keys,
             partition_id=batch.partition_id,
-            select_fields=["advantages", "response_mask", GAMMA_FIELD, COUNTS_FIELD],
+            select_fields=["advantages", "response_mask", GAMMA_FIELD, COUNTS_FIELD, FUSED_FIELD],
         )
         shaped = shape_verl_advantages(
             data["advantages"], data[GAMMA_FIELD], data["response_mask"], self.rhythm.credit_config()
         )
         logged = rhythm_metrics(batch_totals(data[COUNTS_FIELD], batch.tags), self._rhythm_seconds)
+        # 1: the statistics came from verl's own old-log-prob forward on every rank, 0: separate forward
+        logged["rhythm/fused"] = float(count_rows(data[FUSED_FIELD]).min())
         batch = tq.kv_batch_put(
             keys=batch.keys,
             partition_id=batch.partition_id,
