@@ -86,6 +86,7 @@ def test_fused_refused_when_verl_skips_its_old_log_prob_forward():
     config = verl_config(
         f"trainer.v1.trainer_mode={MODE}",
         f"+trainer.v1.{MODE}.credit_forward=fused",
+        "actor_rollout_ref.actor.strategy=fsdp2",
         "algorithm.rollout_correction.bypass_mode=true",
     )
     with pytest.raises(AttnRhythmError, match="bypass_mode=true skips") as err:
