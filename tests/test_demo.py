@@ -112,14 +112,16 @@ def test_summary_drops_columns_that_do_not_vary_and_marks_cut_answers():
     assert note.startswith("same for every answer: tokens 96, ended done, correct yes")
 
 
-def test_piped_output_is_plain_and_readable():
+@pytest.mark.parametrize("markup", [True, False])  # False: the CLI's console (cli.options.out_console)
+def test_piped_output_is_plain_and_readable(markup):
     records = [
         make_record(96, seed=s, key=f"demo-{s}-[x]", answer=7, response="7", generated=True) for s in range(2)
     ]
     pipe = io.StringIO()
-    show(Console(file=pipe, width=80), records, max_new_tokens=96)  # a file: what a pipe gets
+    show(Console(file=pipe, width=80, markup=markup), records, max_new_tokens=96)  # a file: what a pipe gets
     out = pipe.getvalue()
     assert "\x1b[" not in out  # no escape codes in a pipe
-    assert "demo-0-[x]" in out  # brackets in keys survive
+    assert "demo-0-[x]" in out and "#1 demo-0-[x]" in out  # brackets in keys survive
+    assert "[bold]" not in out and "[/" not in out  # no markup tag shown as text
     assert all(len(line) <= 80 for line in out.splitlines())
     assert "cut" in out and "raise it" in out  # 96 tokens at --max-new-tokens 96

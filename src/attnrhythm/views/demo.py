@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -221,7 +220,8 @@ def show(
     for i, record in enumerate(records, 1):
         n = len(record["input_ids"]) - int(record["response_start"])
         question = " ".join(str(record.get("prompt", "")).split())
-        console.rule(f"[bold]#{i}[/bold] {escape(str(record.get('key', '')))}", align="left")
+        # a Text title: shown as is whether or not the console reads markup (keys may hold brackets)
+        console.rule(Text.assemble((f"#{i}", "bold"), " ", str(record.get("key", ""))), align="left")
         console.print(Text(question, style="dim"))
         console.print(response_text(record, color))
         console.print(
