@@ -140,7 +140,8 @@ def _credit_request(
 def count_rows(counts: torch.Tensor) -> torch.Tensor:
     """A per-row field (the (B, K) counts, the (B,) fused flags) dense: TransferQueue hands it back nested."""
     if counts.is_nested:
-        return torch.stack([row.reshape(-1) for row in counts.unbind()])
+        rows = dense_rows(counts)
+        return rows.reshape(rows.shape[0], -1)
     return counts
 
 
